@@ -1,0 +1,5 @@
+import sys
+
+from nocollapse.cli import main
+
+sys.exit(main())

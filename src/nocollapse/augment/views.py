@@ -1,0 +1,148 @@
+"""View generation: the augmentation recipe of a method, applied to a whole batch at once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from nocollapse.augment import ops
+
+
+@dataclass
+class AugmentConfig:
+    """How the M views of each image are drawn. Fields holding a tuple of per-view values (``blur_prob``,
+    ``solarize_prob``) give view m the value at m modulo the tuple's length: BYOL's asymmetric recipe
+    is ``blur_prob=(1.0, 0.1)``, ``solarize_prob=(0.0, 0.2)``."""
+
+    num_views: int = 2  # views per image (BYOL 2, W-MSE 4 uses 4)
+    crop_size: int | None = None  # output side in pixels; None keeps the dataset's image side
+    crop_scale: tuple[float, float] = (0.08, 1.0)  # crop area as a fraction of the image; raise the minimum for small images
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)  # aspect ratio range, sampled log-uniformly
+    flip_prob: float = 0.5  # horizontal flip
+    jitter_prob: float = 0.8  # probability of colour jitter (its four ops in random order)
+    brightness: float = 0.4  # factor drawn from U(1 − b, 1 + b)
+    contrast: float = 0.4  # factor drawn from U(1 − c, 1 + c)
+    saturation: float = 0.2  # 3-channel images only
+    hue: float = 0.1  # shift in turns drawn from U(−h, h); 3-channel images only
+    grayscale_prob: float = 0.2  # 3-channel images only
+    blur_prob: tuple[float, ...] = (1.0, 0.1)  # per view
+    blur_sigma: tuple[float, float] = (0.1, 2.0)  # in pixels, drawn uniformly
+    blur_kernel_fraction: float = 0.1  # kernel side ≈ this fraction of the image side (odd, at least 3)
+    solarize_prob: tuple[float, ...] = (0.0, 0.2)  # per view
+    mean: tuple[float, ...] = field(default_factory=tuple)  # per-channel normalisation; empty = none
+    std: tuple[float, ...] = field(default_factory=tuple)
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first field that is out of range."""
+        def check(ok: bool, what: str) -> None:
+            if not ok:
+                raise ValueError(f"augment.{what}")
+
+        check(self.num_views >= 2, f"num_views must be at least 2 (a method compares views), got {self.num_views}")
+        check(self.crop_size is None or self.crop_size >= 4, f"crop_size must be at least 4 pixels, got {self.crop_size}")
+        check(0 < self.crop_scale[0] <= self.crop_scale[1] <= 1, f"crop_scale must satisfy 0 < min <= max <= 1, got {self.crop_scale}")
+        check(0 < self.crop_ratio[0] <= self.crop_ratio[1], f"crop_ratio must satisfy 0 < min <= max, got {self.crop_ratio}")
+        check(0 < self.blur_sigma[0] <= self.blur_sigma[1], f"blur_sigma must satisfy 0 < min <= max, got {self.blur_sigma}")
+        for name in ("flip_prob", "jitter_prob", "grayscale_prob"):
+            value = getattr(self, name)
+            check(0 <= value <= 1, f"{name} is a probability, got {value}")
+        for name in ("blur_prob", "solarize_prob"):
+            values = getattr(self, name)
+            check(len(values) > 0 and all(0 <= v <= 1 for v in values), f"{name} must be probabilities, one per view, got {values}")
+        for name in ("brightness", "contrast", "saturation"):
+            value = getattr(self, name)
+            check(0 <= value <= 1, f"{name} must lie in [0, 1], got {value}")
+        check(0 <= self.hue <= 0.5, f"hue must lie in [0, 0.5], got {self.hue}")
+        check(len(self.mean) == len(self.std), f"mean and std need the same length, got {self.mean} and {self.std}")
+        check(all(s > 0 for s in self.std), f"std must be positive, got {self.std}")
+
+
+def per_view(values: tuple[float, ...], num_views: int, batch: int, device: torch.device) -> Tensor:
+    """(num_views·batch,) tensor holding view m's value for the m-th block of ``batch`` samples."""
+    per_view_values = torch.tensor([values[m % len(values)] for m in range(num_views)], device=device)
+    return per_view_values.repeat_interleave(batch)
+
+
+def blur_kernel_size(image_side: int, fraction: float) -> int:
+    """Odd kernel side ≈ ``fraction`` of the image side, at least 3 (BYOL: 23 px at 224 px)."""
+    size = max(3, round(fraction * image_side))
+    return size if size % 2 == 1 else size + 1
+
+
+class ViewGenerator:
+    """Turns a uint8 batch into M augmented, normalised float views, all samples and views at once.
+
+    ``views = ViewGenerator(config)(images, generator)`` maps (B, C, H, W) uint8 to (M, B, C, S, S)
+    float32 on the images' device. The M copies of the batch go through each op together, with
+    per-sample parameters, so the cost is a few batched kernels whatever M and B.
+    """
+
+    def __init__(self, config: AugmentConfig) -> None:
+        config.validate()
+        self.config = config
+
+    def __call__(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        cfg = self.config
+        if images.ndim != 4:
+            raise ValueError(f"expected images of shape (B, C, H, W), got {tuple(images.shape)}")
+        batch, channels, height, _ = images.shape
+        views = cfg.num_views
+        size = cfg.crop_size or height
+        x = images.float().div_(255).repeat(views, 1, 1, 1)  # (M·B, C, H, W), view-major
+        n = x.shape[0]
+
+        x = ops.random_resized_crop(x, size, scale=cfg.crop_scale, ratio=cfg.crop_ratio, flip_prob=cfg.flip_prob, generator=generator)
+        x = self._colour_jitter(x, generator)
+        if channels == 3 and cfg.grayscale_prob > 0:
+            gray = ops.bernoulli_mask(n, cfg.grayscale_prob, x, generator)
+            x = torch.where(gray, ops.grayscale(x).expand_as(x), x)
+        blur_p = per_view(cfg.blur_prob, views, batch, x.device)
+        if bool((blur_p > 0).any()):
+            sigma = ops.uniform((n,), cfg.blur_sigma[0], cfg.blur_sigma[1], x, generator)
+            blurred = ops.gaussian_blur(x, sigma, blur_kernel_size(size, cfg.blur_kernel_fraction))
+            apply = torch.rand((n,), generator=generator, device=x.device) < blur_p
+            x = torch.where(apply.view(-1, 1, 1, 1), blurred, x)
+        solarize_p = per_view(cfg.solarize_prob, views, batch, x.device)
+        if bool((solarize_p > 0).any()):
+            apply = torch.rand((n,), generator=generator, device=x.device) < solarize_p
+            x = torch.where(apply.view(-1, 1, 1, 1), ops.solarize(x), x)
+        if cfg.mean:
+            mean = torch.tensor(cfg.mean, device=x.device).view(1, -1, 1, 1)
+            std = torch.tensor(cfg.std, device=x.device).view(1, -1, 1, 1)
+            x = (x - mean) / std
+        return x.view(views, batch, channels, size, size)
+
+    def _colour_jitter(self, x: Tensor, generator: torch.Generator | None) -> Tensor:
+        """Brightness, contrast, saturation and hue in an order drawn per sample, on a fraction ``jitter_prob``."""
+        cfg = self.config
+        n, channels = x.shape[0], x.shape[1]
+        adjustments = []
+        if cfg.brightness > 0:
+            factor = ops.uniform((n,), 1 - cfg.brightness, 1 + cfg.brightness, x, generator)
+            adjustments.append(lambda y, f=factor: ops.adjust_brightness(y, f))
+        if cfg.contrast > 0:
+            factor = ops.uniform((n,), 1 - cfg.contrast, 1 + cfg.contrast, x, generator)
+            adjustments.append(lambda y, f=factor: ops.adjust_contrast(y, f))
+        if channels == 3 and cfg.saturation > 0:
+            factor = ops.uniform((n,), 1 - cfg.saturation, 1 + cfg.saturation, x, generator)
+            adjustments.append(lambda y, f=factor: ops.adjust_saturation(y, f))
+        if channels == 3 and cfg.hue > 0:
+            shift = ops.uniform((n,), -cfg.hue, cfg.hue, x, generator)
+            adjustments.append(lambda y, s=shift: ops.adjust_hue(y, s))
+        if not adjustments or cfg.jitter_prob == 0:
+            return x
+        # Per-sample random order: at position k each sample applies the op its permutation puts there.
+        # Every op runs on the whole batch at every position (k·k cheap elementwise passes) and
+        # torch.where keeps the chosen one — no gather, no per-sample loop.
+        order = torch.argsort(torch.rand((n, len(adjustments)), generator=generator, device=x.device), dim=1)
+        jittered = x
+        for position in range(len(adjustments)):
+            chosen = order[:, position].view(-1, 1, 1, 1)
+            step = jittered
+            for index, adjust in enumerate(adjustments):
+                step = torch.where(chosen == index, adjust(jittered), step)
+            jittered = step
+        apply = ops.bernoulli_mask(n, cfg.jitter_prob, x, generator)
+        return torch.where(apply, jittered, x)

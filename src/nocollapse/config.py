@@ -1,0 +1,341 @@
+"""Typed configuration: one dataclass per concern, named presets, dotted ``key=value`` overrides.
+
+``Config`` is what a run needs and what its checkpoint stores; ``resolve_config(preset, overrides)``
+builds one from a preset name and command-line overrides, checks every value and raises
+:class:`~nocollapse.errors.UserError` with the valid choices when something is off.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+from nocollapse.augment.views import AugmentConfig
+from nocollapse.errors import UserError
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "fashion-mnist"  # fashion-mnist | cifar10 | cifar100 | image-folder
+    data_dir: str | None = None  # where the files are; None searches $NOCOLLAPSE_DATA_DIR, then the system copy
+    on_device: bool = True  # keep the uint8 training set on the training device (small datasets: no loader on the hot path)
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "convnet"  # convnet (fast on CPU) | resnet18 | resnet34 | resnet50
+    widths: tuple[int, ...] = (32, 64, 128, 256)  # convnet: channels per stage; each stage after the first halves the resolution
+    depth: int = 1  # convnet: convs per stage
+    stem: str = "cifar"  # resnets: cifar (3×3 stride 1, no max-pool; for 28–64 px) | imagenet (7×7 stride 2 + max-pool)
+    projector_hidden: int = 1024  # BYOL uses 4096 on ImageNet; a quarter is plenty for small encoders
+    projection_dim: int = 128  # BYOL uses 256
+    predictor_hidden: int = 1024
+
+
+@dataclass
+class MethodConfig:
+    name: str = "byol"  # byol
+    ema_base: float = 0.99  # τ_base of the target EMA; τ rises to 1 along a cosine. Short runs want 0.99 or lower, 1000-epoch runs 0.996
+
+
+@dataclass
+class OptimConfig:
+    name: str = "lars"  # lars | adamw | adam | sgd
+    lr: float = 1.0  # base learning rate for a batch of 256 (scaled by batch_size/256 when scale_lr is on)
+    scale_lr: bool = True  # linear scaling rule lr·B/256 (BYOL, SimCLR); turn off for Adam-style optimisers if you prefer fixed lr
+    weight_decay: float = 1e-5  # never applied to biases and norm parameters
+    momentum: float = 0.9  # lars/sgd momentum
+    eta: float = 0.02  # LARS trust coefficient (BYOL ImageNet 1e-3; solo-learn CIFAR 0.02)
+    lars_trust: str = "update"  # LARS trust ratio η‖p‖/‖g + λp‖ (update, BYOL) | η‖p‖/(‖g‖ + λ‖p‖) (grad_plus_decay, solo-learn)
+    lars_clip: bool = False  # solo-learn's clipping: a layer's rate is min(trust, lr) instead of trust·lr
+    batch_size: int = 256  # images per step (each gives num_views views)
+    epochs: int = 10
+    warmup_epochs: float = 1.0  # linear warm-up, then cosine decay to 0 (may be fractional)
+
+
+@dataclass
+class EvalConfig:
+    knn_k: tuple[int, ...] = (20, 200)  # neighbours for the final kNN table (cosine, weighted by exp(s/T))
+    knn_temperature: float = 0.1
+    monitor_every: int = 1  # kNN monitor on the test split every N epochs (0: off)
+    monitor_train_samples: int = 10000  # training images that form the monitor's kNN bank (all: 0); the final evaluation uses all
+    linear_probe: bool = True  # train a linear classifier on frozen features in the final evaluation
+    probe_epochs: int = 30
+    baselines: bool = True  # evaluate raw pixels and a randomly initialised encoder beside the trained one
+
+
+@dataclass
+class RunConfig:
+    seed: int = 0  # everything (init, sampling, augmentation) follows from it
+    device: str = "auto"  # auto (cuda if available, else cpu) | cpu | cuda | cuda:N
+    out_dir: str = "runs"  # runs are written to out_dir/name
+    name: str = ""  # run directory name; empty: <preset>-<method>-seed<seed>
+    amp: bool = True  # bf16 autocast on CUDA (ignored on CPU, where bf16 is slower)
+    channels_last: bool = True  # memory format of the conv nets: faster on CPU and on tensor cores
+    compile: bool = False  # torch.compile the method (GPU; the first steps are slow while it compiles)
+    log_every: int = 20  # steps between metric lines (each costs a device sync)
+    checkpoint_every: int = 0  # steps between extra checkpoints (0: only at the end of each epoch)
+
+
+@dataclass
+class Config:
+    preset: str = "fmnist"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> Config:
+        """Rebuild a config saved by :meth:`to_dict` (unknown keys are an error: the file is not ours)."""
+        config = cls()
+        for key, value in flatten(values).items():
+            set_value(config, key, value)
+        validate(config)
+        return config
+
+
+FMNIST_STATS = {"mean": (0.2860,), "std": (0.3530,)}
+CIFAR10_STATS = {"mean": (0.4914, 0.4822, 0.4465), "std": (0.2470, 0.2435, 0.2616)}
+CIFAR100_STATS = {"mean": (0.5071, 0.4865, 0.4409), "std": (0.2673, 0.2564, 0.2762)}
+
+# Each preset is a set of overrides on the defaults above, written as on the command line.
+PRESETS: dict[str, dict[str, Any]] = {
+    # The default: BYOL on Fashion-MNIST within 15 minutes on 2 CPU cores. Found by
+    # benchmarks/recipe_search.py (docs/recipe.md): with only ~4 epochs, a fast-moving target
+    # (τ_base 0.9), gentle crops and small batches (more steps) matter most.
+    "fmnist": {
+        "data.dataset": "fashion-mnist",
+        "method.ema_base": 0.9,
+        "optim.batch_size": 128,
+        "optim.epochs": 4,
+        "augment.crop_scale": (0.8, 1.0),
+        "augment.mean": FMNIST_STATS["mean"],
+        "augment.std": FMNIST_STATS["std"],
+    },
+    # Fashion-MNIST on a GPU: a ResNet-18 and a longer schedule.
+    "fmnist-gpu": {
+        "data.dataset": "fashion-mnist",
+        "model.backbone": "resnet18",
+        "model.projector_hidden": 4096,
+        "model.projection_dim": 256,
+        "model.predictor_hidden": 4096,
+        "augment.crop_scale": (0.2, 1.0),
+        "augment.mean": FMNIST_STATS["mean"],
+        "augment.std": FMNIST_STATS["std"],
+        "optim.batch_size": 512,
+        "optim.epochs": 100,
+        "optim.warmup_epochs": 10,
+        "eval.monitor_every": 10,
+    },
+    # solo-learn's CIFAR-10 BYOL recipe (ResNet-18, LARS lr 1.0, η 0.02, wd 1e-5, τ_base 0.99); 1000 epochs published.
+    "cifar10": {
+        "data.dataset": "cifar10",
+        "model.backbone": "resnet18",
+        "model.projector_hidden": 4096,
+        "model.projection_dim": 256,
+        "model.predictor_hidden": 4096,
+        "augment.mean": CIFAR10_STATS["mean"],
+        "augment.std": CIFAR10_STATS["std"],
+        "optim.lars_trust": "grad_plus_decay",
+        "optim.lars_clip": True,
+        "optim.epochs": 1000,
+        "optim.warmup_epochs": 10,
+        "eval.monitor_every": 25,
+    },
+    "cifar100": {
+        "data.dataset": "cifar100",
+        "model.backbone": "resnet18",
+        "model.projector_hidden": 4096,
+        "model.projection_dim": 256,
+        "model.predictor_hidden": 4096,
+        "augment.mean": CIFAR100_STATS["mean"],
+        "augment.std": CIFAR100_STATS["std"],
+        "optim.lars_trust": "grad_plus_decay",
+        "optim.lars_clip": True,
+        "optim.epochs": 1000,
+        "optim.warmup_epochs": 10,
+        "eval.monitor_every": 25,
+    },
+}
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "data.dataset": ("fashion-mnist", "cifar10", "cifar100", "image-folder"),
+    "model.backbone": ("convnet", "resnet18", "resnet34", "resnet50"),
+    "model.stem": ("cifar", "imagenet"),
+    "method.name": ("byol",),
+    "optim.name": ("lars", "adamw", "adam", "sgd"),
+    "optim.lars_trust": ("update", "grad_plus_decay"),
+}
+
+
+def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"optim": {"lr": 1}}`` → ``{"optim.lr": 1}``."""
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def valid_keys(config: Config | None = None) -> list[str]:
+    return sorted(flatten((config or Config()).to_dict()))
+
+
+def _field_type(section: Any, name: str) -> Any:
+    hints = typing.get_type_hints(type(section))
+    return hints[name]
+
+
+def parse_value(text: Any, annotation: Any, key: str) -> Any:
+    """Convert a command-line string (or a JSON value) to the field's type."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if text is None or (isinstance(text, str) and text.lower() in ("none", "null", "")):
+            if type(None) in args:
+                return None
+        inner = [a for a in args if a is not type(None)]
+        return parse_value(text, inner[0], key)
+    if origin is tuple:
+        items = text if isinstance(text, (list, tuple)) else [t for t in str(text).split(",") if t.strip()]
+        item_type = args[0]
+        return tuple(parse_value(item, item_type, key) for item in items)
+    try:
+        if annotation is bool:
+            if isinstance(text, bool):
+                return text
+            lowered = str(text).lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if annotation is int:
+            if isinstance(text, float) and not text.is_integer():
+                raise ValueError
+            return int(text) if not isinstance(text, str) else int(text.strip())
+        if annotation is float:
+            return float(text)
+        if annotation is str:
+            return str(text)
+    except (TypeError, ValueError):
+        pass
+    else:
+        raise UserError(f"{key}: unsupported field type {annotation}")
+    kind = getattr(annotation, "__name__", str(annotation))
+    raise UserError(f"{key}={text!r} is not a valid {kind}")
+
+
+def set_value(config: Config, key: str, value: Any) -> None:
+    """Set one dotted key, converting ``value`` to the field's type; unknown keys list the valid ones."""
+    parts = key.split(".")
+    target: Any = config
+    for part in parts[:-1]:
+        if not dataclasses.is_dataclass(target) or not hasattr(target, part):
+            break
+        target = getattr(target, part)
+    name = parts[-1]
+    if not dataclasses.is_dataclass(target) or name not in {f.name for f in dataclasses.fields(target)} or dataclasses.is_dataclass(getattr(target, name)):
+        raise UserError(f"unknown config key {key!r}. Valid keys:\n  " + "\n  ".join(valid_keys()))
+    setattr(target, name, parse_value(value, _field_type(target, name), key))
+
+
+def validate(config: Config) -> None:
+    """Check every value; raise UserError naming the field, its value and what would be valid."""
+    for key, choices in CHOICES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(config, section), name)
+        if value not in choices:
+            raise UserError(f"{key}={value!r} is not one of: {', '.join(choices)}")
+
+    def require(ok: bool, message: str) -> None:
+        if not ok:
+            raise UserError(message)
+
+    o, m, e, r, mo = config.optim, config.method, config.eval, config.run, config.model
+    require(o.lr > 0, f"optim.lr must be positive, got {o.lr}")
+    require(o.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {o.weight_decay}")
+    require(0 <= o.momentum < 1, f"optim.momentum must lie in [0, 1), got {o.momentum}")
+    require(o.eta > 0, f"optim.eta must be positive, got {o.eta}")
+    require(o.batch_size >= 2, f"optim.batch_size must be at least 2 (BatchNorm and the losses need a batch), got {o.batch_size}")
+    require(o.epochs >= 1, f"optim.epochs must be at least 1, got {o.epochs}")
+    require(0 <= o.warmup_epochs <= o.epochs, f"optim.warmup_epochs must lie in [0, optim.epochs={o.epochs}], got {o.warmup_epochs}")
+    require(0 <= m.ema_base <= 1, f"method.ema_base must lie in [0, 1], got {m.ema_base}")
+    require(all(k >= 1 for k in e.knn_k) and len(e.knn_k) > 0, f"eval.knn_k must be positive integers, got {e.knn_k}")
+    require(e.knn_temperature > 0, f"eval.knn_temperature must be positive, got {e.knn_temperature}")
+    require(e.monitor_every >= 0 and e.monitor_train_samples >= 0 and e.probe_epochs >= 1, "eval.monitor_every and eval.monitor_train_samples must be >= 0, eval.probe_epochs >= 1")
+    require(r.log_every >= 1 and r.checkpoint_every >= 0, f"run.log_every must be >= 1 and run.checkpoint_every >= 0, got {r.log_every}, {r.checkpoint_every}")
+    require(r.device == "auto" or r.device == "cpu" or r.device.startswith("cuda") or r.device == "mps", f"run.device={r.device!r}: use auto, cpu, cuda or cuda:N")
+    require(mo.depth >= 1 and len(mo.widths) > 0 and all(w >= 1 for w in mo.widths), f"model.widths must be positive and model.depth >= 1, got {mo.widths}, {mo.depth}")
+    require(min(mo.projector_hidden, mo.projection_dim, mo.predictor_hidden) >= 1, "model.projector_hidden, projection_dim and predictor_hidden must be positive")
+    require("/" not in r.name and r.name not in (".", ".."), f"run.name={r.name!r} must be a plain directory name")
+    try:
+        config.augment.validate()
+    except ValueError as error:
+        raise UserError(str(error)) from None
+
+
+def resolve_config(preset: str = "fmnist", overrides: list[str] | dict[str, Any] | None = None) -> Config:
+    """The preset's config with ``overrides`` (``["optim.lr=0.5", ...]`` or a dict) applied and validated."""
+    if preset not in PRESETS:
+        raise UserError(f"unknown preset {preset!r}; presets: {', '.join(PRESETS)}")
+    config = Config(preset=preset)
+    for key, value in PRESETS[preset].items():
+        set_value(config, key, value)
+    items: list[tuple[str, Any]]
+    if isinstance(overrides, dict):
+        items = list(overrides.items())
+    else:
+        items = []
+        for text in overrides or []:
+            key, sep, value = text.partition("=")
+            if not sep or not key:
+                raise UserError(f"override {text!r} is not of the form key=value (e.g. optim.lr=0.5)")
+            items.append((key.strip(), value.strip()))
+    for key, value in items:
+        set_value(config, key, value)
+    validate(config)
+    return config
+
+
+def field_comments() -> dict[str, str]:
+    """``{"optim.lr": "base learning rate for ..."}``, read from the comments beside each field above."""
+    import inspect
+    import re
+
+    comments: dict[str, str] = {}
+    for section in dataclasses.fields(Config):
+        if not dataclasses.is_dataclass(section.default_factory):
+            continue  # the plain ``preset`` field
+        source = inspect.getsource(section.default_factory)
+        for match in re.finditer(r"^\s+(\w+): [^=]+=.*?#\s*(.+)$", source, flags=re.MULTILINE):
+            comments[f"{section.name}.{match.group(1)}"] = match.group(2).strip()
+    return comments
+
+
+def describe(config: Config) -> str:
+    """Every key with its value and its comment: what ``nocollapse config`` and ``train --help`` print."""
+    comments = field_comments()
+    lines = []
+    for key, value in flatten(config.to_dict()).items():
+        if key == "preset":
+            continue
+        shown = ",".join(str(v) for v in value) if isinstance(value, tuple) else value
+        lines.append(f"  {key}={shown}" + (f"\n      {comments[key]}" if key in comments else ""))
+    return "\n".join(lines)

@@ -1,0 +1,77 @@
+"""The container every reader returns, and the rule for where readers look for files."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+# A data root that holds one folder per dataset (fashion-mnist/, cifar-10-batches-py/, ...).
+DATA_DIR_ENV = "NOCOLLAPSE_DATA_DIR"
+
+
+# eq=False: comparing tensors element-wise inside a generated __eq__ raises; identity is what callers need.
+# repr=False: the generated repr would print pixel tensors.
+@dataclass(eq=False, repr=False)
+class ImageDataset:
+    """A labelled image set held in memory as uint8 tensors.
+
+    Small datasets (Fashion-MNIST 47 MB, CIFAR 150 MB) are kept whole, so the training loop can move them to
+    the training device once and index batches there instead of running a per-sample loader.
+    """
+
+    images: torch.Tensor  # (N, C, H, W) uint8, CPU, contiguous
+    labels: torch.Tensor  # (N,) int64, values in [0, len(classes))
+    classes: list[str]  # class names, index = label
+    name: str  # "<dataset>/<split>", e.g. "fashion-mnist/train"
+
+    def __post_init__(self) -> None:
+        # Programming errors, not user errors: a reader (or a test) built an inconsistent dataset.
+        if self.images.ndim != 4 or self.images.dtype != torch.uint8:
+            raise ValueError(f"images must be (N, C, H, W) uint8, got {tuple(self.images.shape)} {self.images.dtype}")
+        if self.labels.ndim != 1 or self.labels.dtype != torch.int64:
+            raise ValueError(f"labels must be (N,) int64, got {tuple(self.labels.shape)} {self.labels.dtype}")
+        if self.labels.shape[0] != self.images.shape[0]:
+            raise ValueError(f"{self.images.shape[0]} images but {self.labels.shape[0]} labels")
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def __repr__(self) -> str:
+        shape = "×".join(str(d) for d in self.images.shape)
+        return f"ImageDataset(name={self.name!r}, images={shape} uint8, classes={len(self.classes)})"
+
+
+def candidate_dirs(data_dir: str | os.PathLike | None, subfolder: str) -> list[tuple[Path, str]]:
+    """Directories to search for a dataset, in order, each with a note saying where it came from.
+
+    An explicit ``data_dir`` is authoritative: only ``data_dir`` and ``data_dir/subfolder`` are searched,
+    so a mistyped path is reported instead of silently replaced by another copy. Without it the order
+    is ``$NOCOLLAPSE_DATA_DIR``, ``$NOCOLLAPSE_DATA_DIR/subfolder``, and a reader appends its own
+    system locations (see :func:`searches_system_dirs`).
+    """
+    found: list[tuple[Path, str]] = []
+    roots = [(data_dir, "data_dir")] if data_dir is not None else [(os.environ.get(DATA_DIR_ENV) or None, f"${DATA_DIR_ENV}")]
+    for root, note in roots:
+        if root is None:
+            continue
+        root = Path(os.path.expanduser(os.fspath(root)))
+        found += [(root, note), (root / subfolder, note)]
+    return found
+
+
+def searches_system_dirs(data_dir: str | os.PathLike | None) -> bool:
+    """Whether a reader may fall back to system-wide copies: only when no ``data_dir`` was given."""
+    return data_dir is None
+
+
+def describe_search(searched: list[tuple[Path, str]], data_dir: str | os.PathLike | None) -> str:
+    """The indented list of places searched, for a "not found" message (says when a source was unset)."""
+    lines = [f"  {path}  ({note})" for path, note in searched]
+    if data_dir is None:
+        lines.insert(0, "  (no data_dir given)")
+        if not os.environ.get(DATA_DIR_ENV):
+            lines.insert(1, f"  (${DATA_DIR_ENV} not set)")
+    return "\n".join(lines)

@@ -1,0 +1,74 @@
+"""The evaluation table: kNN and linear-probe accuracy of representations, baselines beside them."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from torch import Tensor
+
+from nocollapse.eval.knn import knn_accuracies
+from nocollapse.eval.linear import linear_probe
+
+
+@dataclass
+class RepresentationScores:
+    """Accuracies (in [0, 1]) of one representation; ``linear`` is empty when the probe was skipped."""
+
+    name: str
+    dim: int
+    knn: dict[int, float]
+    linear: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "dim": self.dim, "knn": {str(k): v for k, v in self.knn.items()}, "linear": self.linear, "seconds": round(self.seconds, 2)}
+
+
+def score_features(
+    name: str,
+    train_features: Tensor,
+    train_labels: Tensor,
+    test_features: Tensor,
+    test_labels: Tensor,
+    *,
+    num_classes: int,
+    knn_k: Sequence[int] = (20, 200),
+    knn_temperature: float = 0.1,
+    probe: bool = True,
+    probe_epochs: int = 30,
+    seed: int = 0,
+) -> RepresentationScores:
+    """kNN (cosine, exp(s/T)-weighted) for each k in ``knn_k`` and, if ``probe``, a linear probe."""
+    started = time.perf_counter()
+    device = train_features.device
+    knn = knn_accuracies(
+        train_features, train_labels.to(device), test_features, test_labels.to(device),
+        num_classes=num_classes, ks=tuple(knn_k), temperature=knn_temperature,
+    )
+    linear = {}
+    if probe:
+        linear = linear_probe(
+            train_features, train_labels.to(device), test_features, test_labels.to(device),
+            num_classes=num_classes, epochs=probe_epochs, seed=seed, device=device,
+        )
+    return RepresentationScores(name, train_features.shape[1], knn, linear, time.perf_counter() - started)
+
+
+def format_table(rows: Sequence[RepresentationScores], *, title: str = "") -> str:
+    """A plain-text table, one row per representation, accuracies in percent."""
+    ks = sorted({k for row in rows for k in row.knn})
+    probes = sorted({key for row in rows for key in row.linear})
+    header = ["representation", "dim"] + [f"kNN k={k}" for k in ks] + [f"linear {p}" for p in probes]
+    lines = [[row.name, str(row.dim)] + [f"{100 * row.knn[k]:.2f}" if k in row.knn else "-" for k in ks]
+             + [f"{100 * row.linear[p]:.2f}" if p in row.linear else "-" for p in probes] for row in rows]
+    widths = [max(len(cell) for cell in column) for column in zip(header, *lines)]
+
+    def render(cells: list[str]) -> str:
+        return "  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(cells, widths)))
+
+    rule = "-" * len(render(header))
+    body = [render(header), rule] + [render(line) for line in lines]
+    return "\n".join(([title] if title else []) + body)
+

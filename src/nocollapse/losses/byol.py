@@ -1,0 +1,54 @@
+"""BYOL's regression loss (Grill et al., NeurIPS 2020, arXiv 2006.07733, eq. 2)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def at_least_float32(x: Tensor) -> Tensor:
+    """``x`` in float32, or float64 if it already is: bf16/fp16 normalisation loses the small
+    differences these losses are made of."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
+def normalized_mse(prediction: Tensor, target: Tensor) -> Tensor:
+    """Mean over the batch of ``‖p̂ − ẑ‖² = 2 − 2·cos(p, z)``.
+
+    Args:
+        prediction: (N, d) online predictions ``p``.
+        target: (N, d) target projections ``z'``; the caller detaches them (BYOL's stop-gradient).
+
+    Returns:
+        A scalar in [0, 4], computed in float32 at least, also under autocast.
+    """
+    p = F.normalize(at_least_float32(prediction), dim=-1)
+    z = F.normalize(at_least_float32(target), dim=-1)
+    return (2 - 2 * (p * z).sum(dim=-1)).mean()
+
+
+def byol_loss(predictions: Tensor, targets: Tensor) -> Tensor:
+    """Symmetrised BYOL loss over M ≥ 2 views.
+
+    ``L = 1/(M(M−1)) · Σ_{i≠j} mean_n ‖p̂ᵢ − ẑ'ⱼ‖² · 2`` — the factor 2 keeps the two-view case equal to the
+    paper's ``ℓ(p₁, z'₂) + ℓ(p₂, z'₁)`` (range [0, 8]); with M > 2 views it averages over ordered pairs
+    and stays on the same scale.
+
+    Args:
+        predictions: (M, N, d) online predictions, one row block per view.
+        targets: (M, N, d) target projections of the same views (detached by the caller).
+    """
+    if predictions.ndim != 3 or predictions.shape != targets.shape or predictions.shape[0] < 2:
+        raise ValueError(
+            f"byol_loss wants (M, N, d) predictions and targets with M >= 2 views, "
+            f"got {tuple(predictions.shape)} and {tuple(targets.shape)}"
+        )
+    views = predictions.shape[0]
+    p = F.normalize(at_least_float32(predictions), dim=-1)
+    z = F.normalize(at_least_float32(targets), dim=-1)
+    # cos[i, j, n] = cos(p_i[n], z_j[n]) for every ordered view pair at once.
+    cos = torch.einsum("ind,jnd->ijn", p, z)
+    off_diagonal = ~torch.eye(views, dtype=torch.bool, device=cos.device)
+    pair_losses = (2 - 2 * cos[off_diagonal]).mean(dim=-1)  # (M(M−1),)
+    return 2 * pair_losses.mean()

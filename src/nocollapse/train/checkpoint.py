@@ -1,0 +1,46 @@
+"""Checkpoints and run files written atomically: a crash leaves the old file or the new one, never half."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nocollapse.errors import UserError
+
+
+def atomic_write_bytes(path: Path, write: Any) -> None:
+    """Call ``write(file)`` on a temporary file beside ``path``, fsync it, then rename it over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as file:
+            write(file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    atomic_write_bytes(path, lambda file: torch.save(state, file))
+
+
+def save_json(path: Path, value: Any) -> None:
+    atomic_write_bytes(path, lambda file: file.write((json.dumps(value, indent=2) + "\n").encode()))
+
+
+def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint with ``weights_only=True``: tensors and plain containers only, no code runs."""
+    if not path.is_file():
+        raise UserError(f"no checkpoint at {path}: train first, or point to a run directory that has one")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:  # a truncated or foreign file: say which and stop
+        raise UserError(f"cannot read checkpoint {path} ({type(error).__name__}: {error}); it is corrupt or not a nocollapse checkpoint") from None

@@ -1,0 +1,243 @@
+"""The training loop: data on the device, batched views, method step, EMA, metrics, checkpoints.
+
+``Trainer(config).fit()`` trains, checkpoints every epoch (and every ``run.checkpoint_every`` steps),
+and returns the run directory. Everything random follows from ``run.seed``: the epoch's permutation
+and each step's augmentation generator are re-derived from (seed, epoch) and (seed, step), so a run
+resumed from any checkpoint replays exactly the batches and views of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from nocollapse.augment.views import ViewGenerator
+from nocollapse.config import Config, flatten
+from nocollapse.data import ImageDataset, load_dataset
+from nocollapse.errors import UserError
+from nocollapse.eval.features import encoder_features
+from nocollapse.eval.knn import knn_accuracy
+from nocollapse.methods import build_method
+from nocollapse.train.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint, save_json
+from nocollapse.train.optim import build_optimizer, describe_param_groups, split_param_groups
+from nocollapse.train.progress import Progress
+from nocollapse.train.runinfo import environment
+from nocollapse.train.schedules import ema_momentum, warmup_cosine
+
+CHECKPOINT = "checkpoint.pt"
+METRICS = "metrics.jsonl"
+
+
+def select_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"run.device={name} but this torch build sees no CUDA device; use run.device=cpu or auto")
+    return device
+
+
+def run_directory(config: Config) -> Path:
+    name = config.run.name or f"{config.preset}-{config.method.name}-seed{config.run.seed}"
+    return Path(config.run.out_dir) / name
+
+
+def _seeded(generator: torch.Generator, *parts: int) -> torch.Generator:
+    """Reseed ``generator`` from integers: cheap, and exact on resume (no generator state to carry)."""
+    seed = 0
+    for part in parts:
+        seed = (seed * 1_000_003 + part) % (2**63 - 1)
+    return generator.manual_seed(seed)
+
+
+class Trainer:
+    """One training run of ``config`` in ``run_dir`` (default: ``run.out_dir/run.name``)."""
+
+    def __init__(self, config: Config, *, run_dir: Path | None = None, resume: bool = False, progress: bool = True, log=print) -> None:
+        self.config = config
+        self.run_dir = run_dir or run_directory(config)
+        self.show_progress = progress
+        self.log = log
+        self.device = select_device(config.run.device)
+        checkpoint_path = self.run_dir / CHECKPOINT
+        if resume and not checkpoint_path.exists():
+            raise UserError(f"--resume: no checkpoint in {self.run_dir}; start without --resume")
+        if not resume and checkpoint_path.exists():
+            raise UserError(f"{self.run_dir} already holds a run; pass --resume to continue it, or set run.name=NEW to start another")
+
+        torch.manual_seed(config.run.seed)
+        self.train_set = load_dataset(config.data.dataset, "train", config.data.data_dir)
+        self.test_set = load_dataset(config.data.dataset, "test", config.data.data_dir)
+        self._check_data()
+        images = self.train_set.images
+        self.train_images = images.to(self.device) if config.data.on_device else images.pin_memory() if self.device.type == "cuda" else images
+
+        self.method = build_method(config, in_channels=images.shape[1]).to(self.device)
+        if config.run.channels_last:
+            self.method.to(memory_format=torch.channels_last)
+        self.param_groups = split_param_groups(self.method, weight_decay=config.optim.weight_decay)
+        o = config.optim
+        self.base_lr = o.lr * (o.batch_size / 256 if o.scale_lr else 1.0)
+        self.optimizer = build_optimizer(o.name, self.param_groups, lr=self.base_lr, weight_decay=o.weight_decay, momentum=o.momentum,
+                                         eta=o.eta, clip=o.lars_clip, trust_denominator=o.lars_trust)
+        self.views = ViewGenerator(config.augment)
+        self.steps_per_epoch = len(self.train_set) // o.batch_size
+        self.total_steps = self.steps_per_epoch * o.epochs
+        self.warmup_steps = round(o.warmup_epochs * self.steps_per_epoch)
+        self.step = 0
+        self.forward = torch.compile(self.method) if config.run.compile else self.method
+
+        if resume:
+            self._load(checkpoint_path)
+        else:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            save_json(self.run_dir / "config.json", config.to_dict())
+            save_json(self.run_dir / "environment.json", environment(self.device))
+            (self.run_dir / METRICS).unlink(missing_ok=True)
+
+    def _check_data(self) -> None:
+        n = len(self.train_set)
+        if n < self.config.optim.batch_size:
+            raise UserError(f"optim.batch_size={self.config.optim.batch_size} exceeds the {n} training images; lower it")
+        channels = self.train_set.images.shape[1]
+        if self.config.augment.mean and len(self.config.augment.mean) != channels:
+            raise UserError(f"augment.mean has {len(self.config.augment.mean)} values but the images have {channels} channels")
+
+    # ---- state -------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        state = {
+            "step": self.step,
+            "method": self.method.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "config": self.config.to_dict(),
+            "torch_rng": torch.get_rng_state(),
+        }
+        if self.device.type == "cuda":
+            state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
+        return state
+
+    def _load(self, path: Path) -> None:
+        state = load_checkpoint(path, map_location=self.device)
+        # Resuming is exact only with the same training settings; run.* and eval.* may change freely.
+        before, now = flatten(state.get("config", {})), flatten(self.config.to_dict())
+        changed = sorted(k for k in now.keys() | before.keys() if not k.startswith(("run.", "eval.")) and before.get(k) != now.get(k))
+        if changed:
+            raise UserError("--resume with a different training config (" + ", ".join(f"{k}: {before.get(k)!r} → {now.get(k)!r}" for k in changed)
+                            + "); resume with the original settings, or start a new run")
+        self.method.load_state_dict(state["method"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step = int(state["step"])
+        torch.set_rng_state(state["torch_rng"].cpu())
+        if "cuda_rng" in state and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda_rng"].cpu(), self.device)
+        self._truncate_metrics(self.step)
+        self.log(f"resumed {self.run_dir} at step {self.step}/{self.total_steps}")
+
+    def _truncate_metrics(self, step: int) -> None:
+        """Drop metric lines logged after the checkpoint: the resumed run logs them again."""
+        path = self.run_dir / METRICS
+        if not path.exists():
+            return
+        kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= step]
+        atomic_write_bytes(path, lambda file: file.write("".join(line + "\n" for line in kept).encode()))
+
+    def save(self) -> None:
+        save_checkpoint(self.run_dir / CHECKPOINT, self.state_dict())
+
+    def _write_metrics(self, record: dict[str, Any]) -> None:
+        with open(self.run_dir / METRICS, "a") as file:
+            file.write(json.dumps(record) + "\n")
+
+    # ---- training ----------------------------------------------------------------------------------
+    def schedule(self, step: int) -> tuple[float, float]:
+        """(learning rate, EMA momentum τ) at ``step``: pure functions of the step."""
+        lr = warmup_cosine(step, self.total_steps, base=self.base_lr, warmup_steps=self.warmup_steps)
+        tau = ema_momentum(step, self.total_steps, base=self.config.method.ema_base)
+        return lr, tau
+
+    def train_step(self, images: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
+        """One optimiser step on a uint8 batch: views → loss terms → backward → step → target update."""
+        lr, tau = self.schedule(self.step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        views = self.views(images, generator)  # (M, B, C, H, W)
+        if self.config.run.channels_last:
+            # Lay each (B, C, H, W) view out channels-last, the format the convolutions run fastest in.
+            views = views.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda" and self.config.run.amp):
+            terms = self.forward(views)
+        self.optimizer.zero_grad(set_to_none=True)
+        terms["loss"].backward()
+        self.optimizer.step()
+        if hasattr(self.method, "update_target"):
+            self.method.update_target(tau)
+        self.step += 1
+        return terms
+
+    def fit(self) -> Path:
+        cfg = self.config
+        self.log(f"training {cfg.method.name} on {cfg.data.dataset} ({len(self.train_set)} images) with a {cfg.model.backbone} on {self.device}: "
+                 f"{cfg.optim.epochs} epochs × {self.steps_per_epoch} steps of {cfg.optim.batch_size}, {cfg.optim.name} lr {self.base_lr:.4g}")
+        self.log(describe_param_groups(self.param_groups))
+        order_rng = torch.Generator()
+        view_rng = torch.Generator(device=self.device)
+        progress = Progress(self.total_steps, "train", enabled=self.show_progress, start=self.step)
+        totals: dict[str, Tensor] = {}
+        window_start, window_steps = time.perf_counter(), 0
+        permutation = None
+        while self.step < self.total_steps:
+            epoch, position = divmod(self.step, self.steps_per_epoch)
+            if permutation is None or position == 0:
+                permutation = torch.randperm(len(self.train_set), generator=_seeded(order_rng, cfg.run.seed, epoch)).to(self.device)
+            index = permutation[position * cfg.optim.batch_size : (position + 1) * cfg.optim.batch_size]
+            images = self.train_images[index] if cfg.data.on_device else self.train_images[index.cpu()].to(self.device, non_blocking=True)
+            terms = self.train_step(images, _seeded(view_rng, cfg.run.seed, self.step, 1))
+            for name, value in terms.items():
+                totals[name] = totals.get(name, 0) + value.detach()
+            window_steps += 1
+            if self.step % cfg.run.log_every == 0 or self.step == self.total_steps:
+                record = self._log_window(totals, window_steps, time.perf_counter() - window_start, epoch)
+                progress.update(window_steps, epoch=f"{self.step / self.steps_per_epoch:.2f}", **{k: record[k] for k in ("loss", "lr", "tau", "img/s")})
+                totals, window_start, window_steps = {}, time.perf_counter(), 0
+            if cfg.run.checkpoint_every and self.step % cfg.run.checkpoint_every == 0:
+                self.save()
+            if self.step % self.steps_per_epoch == 0:
+                finished_epoch = self.step // self.steps_per_epoch
+                if cfg.eval.monitor_every and (finished_epoch % cfg.eval.monitor_every == 0 or self.step == self.total_steps):
+                    self._monitor(finished_epoch)
+                self.save()
+        progress.close()
+        torch.save(self.method.encoder.state_dict(), self.run_dir / "encoder.pt")
+        return self.run_dir
+
+    def _log_window(self, totals: dict[str, Tensor], steps: int, seconds: float, epoch: int) -> dict[str, Any]:
+        values = {name: (total / steps).item() for name, total in totals.items()}  # the only host sync
+        lr, tau = self.schedule(self.step - 1)
+        record = {"step": self.step, "epoch": epoch, **values,
+                  "lr": lr, "tau": tau, "img/s": round(steps * self.config.optim.batch_size / max(seconds, 1e-9), 1)}
+        if not all(math.isfinite(v) for v in values.values()):
+            self._write_metrics({**record, "error": "non-finite loss"})
+            raise UserError(f"the loss became non-finite by step {self.step} ({values}); lower optim.lr or lengthen optim.warmup_epochs. "
+                            f"The last good checkpoint in {self.run_dir} is kept.")
+        self._write_metrics(record)
+        return record
+
+    def _monitor(self, epoch: int) -> None:
+        """kNN top-1 (k = the smallest of eval.knn_k) on the test split from a fixed subset of the training set."""
+        cfg = self.config
+        bank = len(self.train_set) if cfg.eval.monitor_train_samples == 0 else min(len(self.train_set), cfg.eval.monitor_train_samples)
+        subset = torch.randperm(len(self.train_set), generator=torch.Generator().manual_seed(cfg.run.seed))[:bank]
+        features = lambda images: encoder_features(self.method.encoder, images, mean=cfg.augment.mean, std=cfg.augment.std,
+                                                   device=self.device, channels_last=cfg.run.channels_last)
+        k = min(cfg.eval.knn_k)
+        accuracy = knn_accuracy(features(self.train_set.images[subset]), self.train_set.labels[subset].to(self.device),
+                                features(self.test_set.images), self.test_set.labels.to(self.device),
+                                num_classes=len(self.train_set.classes), k=k, temperature=cfg.eval.knn_temperature)
+        self._write_metrics({"step": self.step, "epoch": epoch, f"knn_top1_k{k}": accuracy, "knn_bank": bank})
+        self.log(f"\nepoch {epoch}: kNN top-1 (k={k}, {bank} train images) {100 * accuracy:.2f}%")

@@ -1,0 +1,24 @@
+"""Schedules as pure functions of the global step: trivially tested, exact on resume."""
+
+from __future__ import annotations
+
+import math
+
+
+def warmup_cosine(step: int, total_steps: int, *, base: float, warmup_steps: int = 0, final: float = 0.0) -> float:
+    """Linear warm-up from 0 to ``base`` over ``warmup_steps``, then cosine decay to ``final`` at ``total_steps``.
+
+    ``v(k) = base·(k+1)/W`` for k < W, else ``final + (base − final)·(1 + cos(π·(k − W)/(K − W)))/2``.
+    The warm-up starts at ``base/W`` rather than 0 so that the first step already moves the weights.
+    """
+    if step < warmup_steps:
+        return base * (step + 1) / warmup_steps
+    decay_steps = max(1, total_steps - warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / decay_steps)
+    return final + (base - final) * (1 + math.cos(math.pi * progress)) / 2
+
+
+def ema_momentum(step: int, total_steps: int, *, base: float) -> float:
+    """BYOL's target momentum ``τ_k = 1 − (1 − τ_base)·(cos(πk/K) + 1)/2``: τ_base at k=0, 1 at k=K."""
+    progress = min(1.0, step / max(1, total_steps))
+    return 1 - (1 - base) * (math.cos(math.pi * progress) + 1) / 2

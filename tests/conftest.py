@@ -1,0 +1,42 @@
+"""Shared fixtures: a tiny generated Fashion-MNIST and the settings of a seconds-long training run."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nocollapse.data import write_idx
+
+# Small enough that a whole train + evaluate run takes a few seconds on 2 CPU cores.
+TINY_RUN = [
+    "model.widths=8,16",
+    "model.projector_hidden=32",
+    "model.projection_dim=16",
+    "model.predictor_hidden=32",
+    "optim.batch_size=32",
+    "optim.epochs=2",
+    "optim.warmup_epochs=0.5",
+    "eval.knn_k=5,20",
+    "eval.probe_epochs=3",
+    "eval.monitor_train_samples=0",
+    "run.log_every=2",
+]
+
+
+def write_tiny_fashion_mnist(directory: Path, train: int = 128, test: int = 64, seed: int = 0) -> Path:
+    """IDX files of 28×28 images whose class sets the position of a bright bar (learnable, not trivial)."""
+    rng = np.random.default_rng(seed)
+    directory.mkdir(parents=True, exist_ok=True)
+    for split, count in (("train", train), ("t10k", test)):
+        labels = rng.integers(0, 10, size=count).astype(np.uint8)
+        images = rng.integers(0, 60, size=(count, 28, 28)).astype(np.uint8)
+        for i, label in enumerate(labels):
+            images[i, 2 + 2 * label : 5 + 2 * label, 4:24] = 255
+        write_idx(directory / f"{split}-images-idx3-ubyte.gz", images)
+        write_idx(directory / f"{split}-labels-idx1-ubyte.gz", labels)
+    return directory
+
+
+@pytest.fixture
+def tiny_data(tmp_path: Path) -> Path:
+    return write_tiny_fashion_mnist(tmp_path / "data")

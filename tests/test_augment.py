@@ -1,0 +1,103 @@
+"""Augmentation ops and the view generator: shapes, value range, reproducibility, and what each op does."""
+
+import pytest
+import torch
+
+from nocollapse.augment import AugmentConfig, ViewGenerator
+from nocollapse.augment import ops
+
+
+def images(batch=8, channels=1, side=28, seed=0):
+    return torch.randint(0, 256, (batch, channels, side, side), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_views_have_the_right_shape_and_range_and_are_reproducible(channels):
+    generator = ViewGenerator(AugmentConfig(num_views=3, crop_size=20, blur_prob=(1.0, 0.5, 0.0), solarize_prob=(0.0, 0.5, 1.0)))
+    x = images(channels=channels)
+    a = generator(x, torch.Generator().manual_seed(5))
+    b = generator(x, torch.Generator().manual_seed(5))
+    c = generator(x, torch.Generator().manual_seed(6))
+    assert a.shape == (3, 8, channels, 20, 20) and a.dtype == torch.float32
+    assert a.min() >= 0 and a.max() <= 1
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+    assert not torch.equal(a[0], a[1]), "views of one image must differ"
+
+
+def test_normalisation_uses_mean_and_std():
+    x = images(batch=64)
+    plain = ViewGenerator(AugmentConfig())(x, torch.Generator().manual_seed(0))
+    normalised = ViewGenerator(AugmentConfig(mean=(0.5,), std=(0.25,)))(x, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(normalised, (plain - 0.5) / 0.25)
+
+
+def test_full_crop_without_flip_is_the_identity():
+    x = torch.rand(4, 3, 16, 16)
+    out = ops.random_resized_crop(x, 16, scale=(1.0, 1.0), ratio=(1.0, 1.0), flip_prob=0.0)
+    torch.testing.assert_close(out, x, atol=1e-5, rtol=0)
+    flipped = ops.random_resized_crop(x, 16, scale=(1.0, 1.0), ratio=(1.0, 1.0), flip_prob=1.0)
+    torch.testing.assert_close(flipped, x.flip(-1), atol=1e-5, rtol=0)
+
+
+def test_crop_area_follows_the_scale():
+    # A bright square in the centre: small crops magnify it, so its share of the output grows.
+    x = torch.zeros(256, 1, 32, 32)
+    x[:, :, 12:20, 12:20] = 1
+    small = ops.random_resized_crop(x, 32, scale=(0.25, 0.25), ratio=(1, 1), generator=torch.Generator().manual_seed(0))
+    full = ops.random_resized_crop(x, 32, scale=(1.0, 1.0), ratio=(1, 1), generator=torch.Generator().manual_seed(0))
+    assert full.mean().item() == pytest.approx(64 / 1024, rel=0.05)
+    assert small.sum(dim=(1, 2, 3)).max().item() == pytest.approx(4 * 64, rel=0.1)
+
+
+def test_blur_preserves_constants_and_smooths_noise():
+    constant = torch.full((2, 1, 12, 12), 0.3)
+    sigma = torch.tensor([0.5, 2.0])
+    torch.testing.assert_close(ops.gaussian_blur(constant, sigma, 5), constant)
+    noise = torch.rand(2, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    blurred = ops.gaussian_blur(noise, sigma, 5)
+    assert blurred[1].std() < blurred[0].std() < noise.std()
+    kernels = ops.gaussian_kernels(torch.tensor([1.0]), 7)
+    assert kernels.sum().item() == pytest.approx(1.0)
+
+
+def test_colour_ops_against_their_definitions():
+    x = torch.rand(3, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    factor = torch.tensor([0.5, 1.0, 1.5])
+    torch.testing.assert_close(ops.adjust_brightness(x, factor), (x * factor.view(-1, 1, 1, 1)).clamp(0, 1))
+    gray = 0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]
+    torch.testing.assert_close(ops.grayscale(x)[:, 0], gray)
+    mean = gray.mean(dim=(1, 2)).view(-1, 1, 1, 1)
+    torch.testing.assert_close(ops.adjust_contrast(x, factor), (factor.view(-1, 1, 1, 1) * x + (1 - factor.view(-1, 1, 1, 1)) * mean).clamp(0, 1))
+    torch.testing.assert_close(ops.adjust_saturation(x, torch.zeros(3)), gray.unsqueeze(1).expand_as(x))
+    torch.testing.assert_close(ops.solarize(x), torch.where(x >= 0.5, 1 - x, x))
+
+
+def test_hue_shift_round_trips_and_rotates_primaries():
+    x = torch.rand(5, 3, 6, 6, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(ops.adjust_hue(x, torch.zeros(5)), x, atol=1e-5, rtol=0)
+    there = ops.adjust_hue(x, torch.full((5,), 0.3))
+    torch.testing.assert_close(ops.adjust_hue(there, torch.full((5,), -0.3)), x, atol=1e-5, rtol=0)
+    red = torch.tensor([1.0, 0.0, 0.0]).view(1, 3, 1, 1)
+    green = ops.adjust_hue(red, torch.tensor([1 / 3]))
+    torch.testing.assert_close(green.flatten(), torch.tensor([0.0, 1.0, 0.0]), atol=1e-5, rtol=0)
+
+
+def test_jitter_applies_with_its_probability():
+    x = torch.rand(512, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 0.5 + 0.25
+    never = ViewGenerator(AugmentConfig(jitter_prob=0.0))._colour_jitter(x, torch.Generator().manual_seed(1))
+    assert torch.equal(never, x)
+    always = ViewGenerator(AugmentConfig(jitter_prob=1.0))._colour_jitter(x, torch.Generator().manual_seed(1))
+    changed = (always != x).flatten(1).any(dim=1).float().mean().item()
+    assert changed == 1.0
+    sometimes = ViewGenerator(AugmentConfig(jitter_prob=0.8))._colour_jitter(x, torch.Generator().manual_seed(1))
+    assert 0.7 < (sometimes != x).flatten(1).any(dim=1).float().mean().item() < 0.9
+
+
+def test_bad_config_is_reported():
+    with pytest.raises(ValueError, match="crop_scale"):
+        ViewGenerator(AugmentConfig(crop_scale=(0.5, 0.2)))
+    with pytest.raises(ValueError, match="num_views"):
+        ViewGenerator(AugmentConfig(num_views=1))
+    with pytest.raises(ValueError, match="blur_prob"):
+        ViewGenerator(AugmentConfig(blur_prob=(1.5,)))

@@ -1,0 +1,141 @@
+"""The training loop end to end on generated data: runs, checkpoints, resumes exactly, and its CLI."""
+
+import hashlib
+import json
+
+import pytest
+import torch
+
+from conftest import TINY_RUN
+from nocollapse.cli import main
+from nocollapse.config import resolve_config
+from nocollapse.train.loop import Trainer
+
+
+def tiny_config(data_dir, out_dir, *extra):
+    return resolve_config("fmnist", [*TINY_RUN, f"data.data_dir={data_dir}", f"run.out_dir={out_dir}", "run.device=cpu", *extra])
+
+
+def test_a_short_run_trains_logs_and_checkpoints(tiny_data, tmp_path):
+    trainer = Trainer(tiny_config(tiny_data, tmp_path, "run.name=a"), progress=False, log=lambda *_: None)
+    before = [p.clone() for p in trainer.method.encoder.parameters()]
+    run_dir = trainer.fit()
+    assert trainer.step == trainer.total_steps == 8
+    assert any(not torch.equal(a, b) for a, b in zip(before, trainer.method.encoder.parameters()))
+    for name in ("config.json", "environment.json", "metrics.jsonl", "checkpoint.pt", "encoder.pt"):
+        assert (run_dir / name).is_file(), name
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in records if "loss" in r]
+    assert len(losses) == 4 and all(0 <= v <= 8 for v in losses)
+    assert sum(1 for r in records if "knn_top1_k5" in r) == 2  # the monitor ran after each epoch
+    assert json.loads((run_dir / "config.json").read_text())["optim"]["batch_size"] == 32
+
+
+def test_the_target_follows_the_online_network(tiny_data, tmp_path):
+    trainer = Trainer(tiny_config(tiny_data, tmp_path, "run.name=ema"), progress=False, log=lambda *_: None)
+    target = trainer.method.target.network
+    start = [p.clone() for p in target.parameters()]
+    trainer.fit()
+    online = list(trainer.method.encoder.parameters()) + list(trainer.method.projector.parameters())
+    moved = [not torch.equal(a, b) for a, b in zip(start, target.parameters())]
+    assert all(moved), "every target parameter must move by EMA"
+    assert any(not torch.equal(a, b) for a, b in zip(online, target.parameters())), "the target lags the online network"
+    assert all(not p.requires_grad for p in target.parameters())
+
+
+def test_resume_from_a_mid_epoch_checkpoint_gives_the_uninterrupted_weights(tiny_data, tmp_path, monkeypatch):
+    extra = ["optim.epochs=3", "run.checkpoint_every=3"]
+    straight = Trainer(tiny_config(tiny_data, tmp_path, "run.name=straight", *extra), progress=False, log=lambda *_: None)
+    straight.fit()
+
+    interrupted = Trainer(tiny_config(tiny_data, tmp_path, "run.name=resumed", *extra), progress=False, log=lambda *_: None)
+    real_step = Trainer.train_step
+
+    def crash_at_13(self, images, generator):
+        if self.step == 7:  # killed mid-epoch 1 (4 steps an epoch); the last checkpoint is at step 6, also mid-epoch
+            raise KeyboardInterrupt
+        return real_step(self, images, generator)
+
+    monkeypatch.setattr(Trainer, "train_step", crash_at_13)
+    with pytest.raises(KeyboardInterrupt):
+        interrupted.fit()
+    monkeypatch.setattr(Trainer, "train_step", real_step)
+
+    resumed = Trainer(tiny_config(tiny_data, tmp_path, "run.name=resumed", *extra), resume=True, progress=False, log=lambda *_: None)
+    assert resumed.step == 6
+    resumed.fit()
+    for (name, a), b in zip(straight.method.state_dict().items(), resumed.method.state_dict().values()):
+        assert torch.equal(a, b), f"{name} differs after resume"
+    straight_lines = (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()
+    resumed_lines = (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
+    strip = lambda lines: [{k: v for k, v in json.loads(l).items() if k != "img/s"} for l in lines]
+    assert strip(straight_lines) == strip(resumed_lines), "metrics after resume equal the uninterrupted run's"
+
+
+def test_resume_refuses_a_changed_training_config(tiny_data, tmp_path):
+    Trainer(tiny_config(tiny_data, tmp_path, "run.name=r"), progress=False, log=lambda *_: None).fit()
+    with pytest.raises(Exception, match="optim.lr"):
+        Trainer(tiny_config(tiny_data, tmp_path, "run.name=r", "optim.lr=0.1"), resume=True, progress=False, log=lambda *_: None)
+
+
+def sha(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_cli_train_then_eval_prints_the_table_with_baselines(tiny_data, tmp_path, capsys):
+    args = ["train", "--quiet", "--data-dir", str(tiny_data), *TINY_RUN, f"run.out_dir={tmp_path}", "run.name=cli", "run.device=cpu"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    for row in ("raw pixels", "random convnet", "byol convnet", "kNN k=5", "kNN k=20", "linear top1"):
+        assert row in out, row
+    saved = json.loads((tmp_path / "cli" / "eval.json").read_text())
+    assert [r["name"] for r in saved["rows"]] == ["raw pixels", "random convnet", "byol convnet"]
+    assert all(0 <= r["knn"]["5"] <= 1 for r in saved["rows"])
+
+    assert main(["eval", str(tmp_path / "cli"), "eval.knn_k=3", "eval.linear_probe=false", "eval.baselines=false"]) == 0
+    out = capsys.readouterr().out
+    assert "kNN k=3" in out and "raw pixels" not in out
+
+    # Starting again in the same directory is refused and the finished run is untouched.
+    checkpoint = tmp_path / "cli" / "checkpoint.pt"
+    digest = sha(checkpoint)
+    assert main(args) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert sha(checkpoint) == digest
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [("optim.lr=-1", "optim.lr must be positive"), ("optim.batch_size=1", "at least 2"), ("optim.momentun=0.9", "unknown config key")],
+)
+def test_cli_rejects_bad_settings_without_a_traceback(tiny_data, tmp_path, capsys, override, message):
+    runs = tmp_path / "runs"
+    assert main(["train", "--quiet", "--data-dir", str(tiny_data), f"run.out_dir={runs}", override]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not runs.exists(), "nothing is written for a rejected config"
+
+
+def test_cli_reports_a_missing_dataset_with_the_fix(tmp_path, capsys):
+    assert main(["train", "--quiet", "--data-dir", str(tmp_path / "nowhere"), f"run.out_dir={tmp_path / 'runs'}"]) == 2
+    err = capsys.readouterr().err
+    assert "apt-get install dataset-fashion-mnist" in err and "nocollapse download fashion-mnist" in err
+
+
+def test_cli_reports_a_corrupt_dataset(tiny_data, tmp_path, capsys):
+    images = tiny_data / "train-images-idx3-ubyte.gz"
+    images.write_bytes(images.read_bytes()[:100])  # truncated download
+    assert main(["train", "--quiet", "--data-dir", str(tiny_data), f"run.out_dir={tmp_path / 'runs'}"]) == 2
+    err = capsys.readouterr().err
+    assert "train-images-idx3-ubyte.gz" in err and "Traceback" not in err
+
+
+def test_cli_help_documents_the_commands(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    for command in ("train", "eval", "config", "download"):
+        assert command in out
+    assert main(["config"]) == 0
+    assert "optim.lr=" in capsys.readouterr().out
