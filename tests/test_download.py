@@ -201,3 +201,20 @@ def test_sha256_table_is_reproducible_from_the_debian_copies():
         official = debian[:3] + b"\x08" + mtime.to_bytes(4, "little") + debian[8:10] + name[:-3].encode() + b"\0" + debian[10:]
         assert hashlib.md5(official).hexdigest() == md5
         assert sha256(official) == download.FASHION_MNIST_SHA256[name]
+
+
+def test_cli_download_verifies_and_reports(server, tmp_path, monkeypatch, capsys):
+    from nocollapse.cli import main
+
+    server.files = {"train-images-idx3-ubyte.gz": b"images", "train-labels-idx1-ubyte.gz": b"labels"}
+    monkeypatch.setattr(download, "FASHION_MNIST_SHA256", {name: sha256(body) for name, body in server.files.items()})
+    assert main(["download", "fashion-mnist", "--to", str(tmp_path / "data"), "--mirror", server.url]) == 0
+    assert "2 files verified" in capsys.readouterr().out
+    assert (tmp_path / "data" / "train-labels-idx1-ubyte.gz").read_bytes() == b"labels"
+
+    server.files["train-labels-idx1-ubyte.gz"] = b"tampered"
+    (tmp_path / "data" / "train-labels-idx1-ubyte.gz").unlink()
+    assert main(["download", "fashion-mnist", "--to", str(tmp_path / "data"), "--mirror", server.url]) == 2
+    err = capsys.readouterr().err
+    assert "train-labels-idx1-ubyte.gz" in err and "Traceback" not in err
+    assert not (tmp_path / "data" / "train-labels-idx1-ubyte.gz").exists()

@@ -52,8 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     config.add_argument("--json", action="store_true", help="print the resolved config as JSON")
 
     download = commands.add_parser("download", help="download a dataset's official files, verified by SHA-256")
-    download.add_argument("dataset", help="fashion-mnist")
+    download.add_argument("dataset", help="fashion-mnist | cifar10 | cifar100")
     download.add_argument("--to", required=True, type=Path, help="target directory")
+    download.add_argument("--mirror", help="base URL of a mirror holding the same files (checked against the same hashes)")
     return parser
 
 
@@ -101,7 +102,7 @@ def run_config(args: argparse.Namespace) -> None:
 def run_download(args: argparse.Namespace) -> None:
     from nocollapse.data import download_dataset
 
-    paths = download_dataset(args.dataset, args.to)
+    paths = download_dataset(args.dataset, args.to, base_url=args.mirror)
     print(f"{args.dataset}: {len(paths)} files verified in {args.to}; train with --data-dir {args.to}")
 
 

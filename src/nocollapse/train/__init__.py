@@ -1,0 +1,1 @@
+"""The training loop, optimisers, schedules, checkpoints (import the submodules you need)."""
