@@ -101,3 +101,14 @@ def test_bad_config_is_reported():
         ViewGenerator(AugmentConfig(num_views=1))
     with pytest.raises(ValueError, match="blur_prob"):
         ViewGenerator(AugmentConfig(blur_prob=(1.5,)))
+
+
+def test_views_are_asymmetric_as_configured():
+    # Identity crop, no flip or jitter: view 0 must be blurred only, view 1 solarized only.
+    config = AugmentConfig(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip_prob=0.0, jitter_prob=0.0,
+                           blur_prob=(1.0, 0.0), blur_sigma=(1.0, 1.0), solarize_prob=(0.0, 1.0))
+    x = images(batch=4)
+    views = ViewGenerator(config)(x, torch.Generator().manual_seed(0))
+    plain = x.float() / 255
+    torch.testing.assert_close(views[0], ops.gaussian_blur(plain, torch.ones(4), 3), atol=1e-5, rtol=0)
+    torch.testing.assert_close(views[1], ops.solarize(plain), atol=1e-5, rtol=0)

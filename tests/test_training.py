@@ -44,19 +44,19 @@ def test_the_target_follows_the_online_network(tiny_data, tmp_path):
 
 
 def test_resume_from_a_mid_epoch_checkpoint_gives_the_uninterrupted_weights(tiny_data, tmp_path, monkeypatch):
-    extra = ["optim.epochs=3", "run.checkpoint_every=3"]
+    extra = ["optim.epochs=3", "run.checkpoint_every=3", "run.log_every=4"]
     straight = Trainer(tiny_config(tiny_data, tmp_path, "run.name=straight", *extra), progress=False, log=lambda *_: None)
     straight.fit()
 
     interrupted = Trainer(tiny_config(tiny_data, tmp_path, "run.name=resumed", *extra), progress=False, log=lambda *_: None)
     real_step = Trainer.train_step
 
-    def crash_at_13(self, images, generator):
-        if self.step == 7:  # killed mid-epoch 1 (4 steps an epoch); the last checkpoint is at step 6, also mid-epoch
+    def crash_at_step_7(self, images, generator):
+        if self.step == 7:  # 4 steps an epoch: the last checkpoint is at step 6, mid-epoch and mid-log-window (log_every=4)
             raise KeyboardInterrupt
         return real_step(self, images, generator)
 
-    monkeypatch.setattr(Trainer, "train_step", crash_at_13)
+    monkeypatch.setattr(Trainer, "train_step", crash_at_step_7)
     with pytest.raises(KeyboardInterrupt):
         interrupted.fit()
     monkeypatch.setattr(Trainer, "train_step", real_step)
@@ -64,11 +64,13 @@ def test_resume_from_a_mid_epoch_checkpoint_gives_the_uninterrupted_weights(tiny
     resumed = Trainer(tiny_config(tiny_data, tmp_path, "run.name=resumed", *extra), resume=True, progress=False, log=lambda *_: None)
     assert resumed.step == 6
     resumed.fit()
-    for (name, a), b in zip(straight.method.state_dict().items(), resumed.method.state_dict().values()):
-        assert torch.equal(a, b), f"{name} differs after resume"
+    straight_state, resumed_state = straight.method.state_dict(), resumed.method.state_dict()
+    assert straight_state.keys() == resumed_state.keys()
+    for name, value in straight_state.items():
+        assert torch.equal(value, resumed_state[name]), f"{name} differs after resume"
     straight_lines = (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()
     resumed_lines = (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
-    strip = lambda lines: [{k: v for k, v in json.loads(l).items() if k != "img/s"} for l in lines]
+    strip = lambda lines: [{k: v for k, v in json.loads(line).items() if k != "img/s"} for line in lines]
     assert strip(straight_lines) == strip(resumed_lines), "metrics after resume equal the uninterrupted run's"
 
 
@@ -139,3 +141,25 @@ def test_cli_help_documents_the_commands(capsys):
         assert command in out
     assert main(["config"]) == 0
     assert "optim.lr=" in capsys.readouterr().out
+
+
+def test_cli_resume_takes_the_runs_own_settings(tiny_data, tmp_path, capsys, monkeypatch):
+    base = ["train", "--quiet", "--no-eval", "--data-dir", str(tiny_data), *TINY_RUN, f"run.out_dir={tmp_path}", "run.name=long", "run.device=cpu"]
+    real_step = Trainer.train_step
+
+    def crash_at_step_6(self, images, generator):
+        if self.step == 6:
+            raise KeyboardInterrupt
+        return real_step(self, images, generator)
+
+    monkeypatch.setattr(Trainer, "train_step", crash_at_step_6)
+    assert main([*base, "optim.epochs=3"]) == 130
+    monkeypatch.setattr(Trainer, "train_step", real_step)
+    metrics = tmp_path / "long" / "metrics.jsonl"
+    with open(metrics, "a") as file:
+        file.write('{"step": 7, "los')  # a line cut short by the kill
+    # As documented: resume names the run only; its epochs (3, not the preset's 2) come from the run itself.
+    assert main(["train", "--quiet", "--no-eval", "--resume", f"run.out_dir={tmp_path}", "run.name=long", "--data-dir", str(tiny_data)]) == 0
+    assert json.loads(metrics.read_text().splitlines()[-1])["step"] == 12
+    assert main(["train", "--quiet", "--resume", f"run.out_dir={tmp_path}", "run.name=long", "optim.lr=0.1"]) == 2
+    assert "optim.lr" in capsys.readouterr().err

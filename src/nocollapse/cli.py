@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run_train(args: argparse.Namespace) -> None:
     from nocollapse.config import resolve_config
-    from nocollapse.train.loop import Trainer
+    from nocollapse.train.loop import Trainer, resume_config, run_directory
 
     overrides = list(args.overrides)
     if args.data_dir:
@@ -68,6 +68,8 @@ def run_train(args: argparse.Namespace) -> None:
     if args.device:
         overrides.append(f"run.device={args.device}")
     config = resolve_config(args.preset, overrides)
+    if args.resume:  # the run's own settings; only what cannot change its trajectory may be overridden
+        config = resume_config(run_directory(config), overrides)
     trainer = Trainer(config, resume=args.resume, progress=not args.quiet)
     run_dir = trainer.fit()
     if not args.no_eval:
@@ -80,7 +82,8 @@ def run_train(args: argparse.Namespace) -> None:
 
 def run_eval(args: argparse.Namespace) -> None:
     from nocollapse.config import set_value, validate
-    from nocollapse.train.evaluation import evaluate_run, load_run_config
+    from nocollapse.train.evaluation import evaluate_run
+    from nocollapse.train.loop import load_run_config
 
     config = load_run_config(args.run_dir)
     for text in args.overrides:

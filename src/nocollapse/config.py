@@ -16,6 +16,7 @@ from typing import Any
 
 from nocollapse.augment.views import AugmentConfig
 from nocollapse.errors import UserError
+from nocollapse.losses.whitening import check_whitening_shapes
 
 
 @dataclass
@@ -38,8 +39,11 @@ class ModelConfig:
 
 @dataclass
 class MethodConfig:
-    name: str = "byol"  # byol
-    ema_base: float = 0.99  # τ_base of the target EMA; τ rises to 1 along a cosine. Short runs want 0.99 or lower, 1000-epoch runs 0.996
+    name: str = "byol"  # byol | wmse (views from augment.num_views: 2 for W-MSE 2, 4 for W-MSE 4)
+    ema_base: float = 0.99  # byol: τ_base of the target EMA; τ rises to 1 along a cosine. Short runs want 0.99 or lower, 1000-epoch runs 0.996
+    w_size: int = 128  # wmse: embeddings per whitened sub-batch; must exceed model.projection_dim (rule: 2d) and divide optim.batch_size
+    w_iter: int = 1  # wmse: random sub-batch partitions per step (the paper uses 1; more costs more Cholesky solves)
+    w_eps: float = 0.0  # wmse: shrinkage (1−ε)C + εI before Cholesky; raise (e.g. 1e-3) if whitening fails on a collapsing run
 
 
 @dataclass
@@ -54,7 +58,10 @@ class OptimConfig:
     lars_clip: bool = False  # solo-learn's clipping: a layer's rate is min(trust, lr) instead of trust·lr
     batch_size: int = 256  # images per step (each gives num_views views)
     epochs: int = 10
-    warmup_epochs: float = 1.0  # linear warm-up, then cosine decay to 0 (may be fractional)
+    warmup_epochs: float = 1.0  # linear warm-up from 0 (may be fractional)
+    schedule: str = "cosine"  # after warm-up: cosine (decay to 0) | step (×lr_decay_factor at each lr_decay_at)
+    lr_decay_at: tuple[float, ...] = (0.95, 0.975)  # step schedule: fractions of training (W-MSE: epochs E−50, E−25 of E=1000)
+    lr_decay_factor: float = 0.2  # step schedule: multiplier at each milestone
 
 
 @dataclass
@@ -113,70 +120,51 @@ CIFAR10_STATS = {"mean": (0.4914, 0.4822, 0.4465), "std": (0.2470, 0.2435, 0.261
 CIFAR100_STATS = {"mean": (0.5071, 0.4865, 0.4409), "std": (0.2673, 0.2564, 0.2762)}
 
 # Each preset is a set of overrides on the defaults above, written as on the command line.
+FMNIST_DATA = {"data.dataset": "fashion-mnist", "augment.mean": FMNIST_STATS["mean"], "augment.std": FMNIST_STATS["std"]}
+RESNET18_BYOL_HEADS = {"model.backbone": "resnet18", "model.projector_hidden": 4096, "model.projection_dim": 256, "model.predictor_hidden": 4096}
+# solo-learn's CIFAR BYOL recipe (ResNet-18, LARS lr 1.0 with clipping, η 0.02, wd 1e-5, τ_base 0.99); 1000 epochs published.
+# solo-learn's CIFAR augmentation has no blur (its solarize stays 0 / 0.2).
+CIFAR_BYOL = {**RESNET18_BYOL_HEADS, "augment.blur_prob": (0.0,), "optim.lars_trust": "grad_plus_decay", "optim.lars_clip": True,
+              "optim.epochs": 1000, "optim.warmup_epochs": 10, "eval.monitor_every": 25}
+# W-MSE (SPEC §2): one network, head 1024 → 64, Adam 3e-3 with warm-up and ×0.2 at E−50 and E−25,
+# weak augmentation without blur or solarize.
+WMSE = {"method.name": "wmse", "model.projector_hidden": 1024, "model.projection_dim": 64, "method.w_size": 128,
+        "optim.name": "adam", "optim.lr": 3e-3, "optim.scale_lr": False, "optim.weight_decay": 1e-6,
+        "optim.schedule": "step", "augment.blur_prob": (0.0,), "augment.solarize_prob": (0.0,),
+        "augment.saturation": 0.4, "augment.grayscale_prob": 0.1, "augment.crop_scale": (0.2, 1.0)}
+# Fashion-MNIST W-MSE within the default BYOL run's CPU budget (docs/recipe.md): gentle crops and BYOL's
+# asymmetric blur/solarize help it as they help BYOL (+2.6 points kNN over the paper's weak augmentation).
+# W-MSE 2 needs no target pass, so 5 epochs cost what BYOL's 4 do; W-MSE 4 processes twice the views: 3 epochs.
+FMNIST_WMSE = {**FMNIST_DATA, **WMSE, "optim.batch_size": 128, "optim.epochs": 5, "optim.warmup_epochs": 0.5,
+               "optim.lr_decay_at": (0.75, 0.875), "augment.crop_scale": (0.8, 1.0),
+               "augment.blur_prob": (1.0, 0.1), "augment.solarize_prob": (0.0, 0.2)}
+
 PRESETS: dict[str, dict[str, Any]] = {
     # The default: BYOL on Fashion-MNIST within 15 minutes on 2 CPU cores. Found by
     # benchmarks/recipe_search.py (docs/recipe.md): with only ~4 epochs, a fast-moving target
     # (τ_base 0.9), gentle crops and small batches (more steps) matter most.
-    "fmnist": {
-        "data.dataset": "fashion-mnist",
-        "method.ema_base": 0.9,
-        "optim.batch_size": 128,
-        "optim.epochs": 4,
-        "augment.crop_scale": (0.8, 1.0),
-        "augment.mean": FMNIST_STATS["mean"],
-        "augment.std": FMNIST_STATS["std"],
-    },
+    "fmnist": {**FMNIST_DATA, "method.ema_base": 0.9, "optim.batch_size": 128, "optim.epochs": 4, "augment.crop_scale": (0.8, 1.0)},
     # Fashion-MNIST on a GPU: a ResNet-18 and a longer schedule.
-    "fmnist-gpu": {
-        "data.dataset": "fashion-mnist",
-        "model.backbone": "resnet18",
-        "model.projector_hidden": 4096,
-        "model.projection_dim": 256,
-        "model.predictor_hidden": 4096,
-        "augment.crop_scale": (0.2, 1.0),
-        "augment.mean": FMNIST_STATS["mean"],
-        "augment.std": FMNIST_STATS["std"],
-        "optim.batch_size": 512,
-        "optim.epochs": 100,
-        "optim.warmup_epochs": 10,
-        "eval.monitor_every": 10,
-    },
-    # solo-learn's CIFAR-10 BYOL recipe (ResNet-18, LARS lr 1.0, η 0.02, wd 1e-5, τ_base 0.99); 1000 epochs published.
-    "cifar10": {
-        "data.dataset": "cifar10",
-        "model.backbone": "resnet18",
-        "model.projector_hidden": 4096,
-        "model.projection_dim": 256,
-        "model.predictor_hidden": 4096,
-        "augment.mean": CIFAR10_STATS["mean"],
-        "augment.std": CIFAR10_STATS["std"],
-        "optim.lars_trust": "grad_plus_decay",
-        "optim.lars_clip": True,
-        "optim.epochs": 1000,
-        "optim.warmup_epochs": 10,
-        "eval.monitor_every": 25,
-    },
-    "cifar100": {
-        "data.dataset": "cifar100",
-        "model.backbone": "resnet18",
-        "model.projector_hidden": 4096,
-        "model.projection_dim": 256,
-        "model.predictor_hidden": 4096,
-        "augment.mean": CIFAR100_STATS["mean"],
-        "augment.std": CIFAR100_STATS["std"],
-        "optim.lars_trust": "grad_plus_decay",
-        "optim.lars_clip": True,
-        "optim.epochs": 1000,
-        "optim.warmup_epochs": 10,
-        "eval.monitor_every": 25,
-    },
+    "fmnist-gpu": {**FMNIST_DATA, **RESNET18_BYOL_HEADS, "augment.crop_scale": (0.2, 1.0), "optim.batch_size": 512,
+                   "optim.epochs": 100, "optim.warmup_epochs": 10, "eval.monitor_every": 10},
+    "fmnist-wmse2": FMNIST_WMSE,
+    "fmnist-wmse4": {**FMNIST_WMSE, "augment.num_views": 4, "optim.epochs": 3, "optim.batch_size": 64, "method.w_size": 64, "model.projection_dim": 32},
+    "cifar10": {**CIFAR_BYOL, "data.dataset": "cifar10", "augment.mean": CIFAR10_STATS["mean"], "augment.std": CIFAR10_STATS["std"]},
+    "cifar100": {**CIFAR_BYOL, "data.dataset": "cifar100", "augment.mean": CIFAR100_STATS["mean"], "augment.std": CIFAR100_STATS["std"]},
+    # W-MSE 2 / 4 on CIFAR-10 as published: ResNet-18, batch 512 / 256, 1000 epochs, 500-step warm-up (≈ 5 / 2.5 epochs).
+    "cifar10-wmse2": {**WMSE, "data.dataset": "cifar10", "augment.mean": CIFAR10_STATS["mean"], "augment.std": CIFAR10_STATS["std"],
+                      "model.backbone": "resnet18", "optim.batch_size": 512, "optim.epochs": 1000, "optim.warmup_epochs": 5, "eval.monitor_every": 25},
+    "cifar10-wmse4": {**WMSE, "data.dataset": "cifar10", "augment.mean": CIFAR10_STATS["mean"], "augment.std": CIFAR10_STATS["std"],
+                      "model.backbone": "resnet18", "augment.num_views": 4, "optim.batch_size": 256, "optim.epochs": 1000,
+                      "optim.warmup_epochs": 2.5, "eval.monitor_every": 25},
 }
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "data.dataset": ("fashion-mnist", "cifar10", "cifar100", "image-folder"),
     "model.backbone": ("convnet", "resnet18", "resnet34", "resnet50"),
     "model.stem": ("cifar", "imagenet"),
-    "method.name": ("byol",),
+    "method.name": ("byol", "wmse"),
+    "optim.schedule": ("cosine", "step"),
     "optim.name": ("lars", "adamw", "adam", "sgd"),
     "optim.lars_trust": ("update", "grad_plus_decay"),
 }
@@ -285,6 +273,13 @@ def validate(config: Config) -> None:
     require(mo.depth >= 1 and len(mo.widths) > 0 and all(w >= 1 for w in mo.widths), f"model.widths must be positive and model.depth >= 1, got {mo.widths}, {mo.depth}")
     require(min(mo.projector_hidden, mo.projection_dim, mo.predictor_hidden) >= 1, "model.projector_hidden, projection_dim and predictor_hidden must be positive")
     require("/" not in r.name and r.name not in (".", ".."), f"run.name={r.name!r} must be a plain directory name")
+    require(all(0 < f <= 1 for f in o.lr_decay_at) and 0 < o.lr_decay_factor <= 1, f"optim.lr_decay_at must be fractions in (0, 1] and optim.lr_decay_factor in (0, 1], got {o.lr_decay_at}, {o.lr_decay_factor}")
+    if m.name == "wmse":
+        require(m.w_iter >= 1 and 0 <= m.w_eps < 1, f"method.w_iter must be >= 1 and method.w_eps in [0, 1), got {m.w_iter}, {m.w_eps}")
+        try:
+            check_whitening_shapes(o.batch_size, mo.projection_dim, m.w_size)
+        except ValueError as error:
+            raise UserError(f"W-MSE settings (optim.batch_size={o.batch_size}, model.projection_dim={mo.projection_dim}, method.w_size={m.w_size}): {error}") from None
     try:
         config.augment.validate()
     except ValueError as error:

@@ -7,3 +7,8 @@ it without a traceback and exits with status 2; library callers can catch it lik
 
 class UserError(Exception):
     """A problem with the user's input (data, configuration, files), not a bug in nocollapse."""
+
+
+class CollapseError(RuntimeError):
+    """Training reached a numerical state that signals collapse (e.g. a covariance that is no longer
+    positive definite). The training loop reports it with the step and keeps the last good checkpoint."""

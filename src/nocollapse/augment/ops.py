@@ -70,8 +70,8 @@ def grayscale(x: Tensor) -> Tensor:
     """ITU-R 601 luma ``0.299 R + 0.587 G + 0.114 B`` as (B, 1, H, W); a 1-channel batch is returned as is."""
     if x.shape[1] == 1:
         return x
-    weights = torch.tensor([0.299, 0.587, 0.114], device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    return (x * weights).sum(dim=1, keepdim=True)
+    # Scalar weights, not a tensor built from a list: that would be a blocking host-to-device copy on a GPU.
+    return 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
 
 
 def adjust_brightness(x: Tensor, factor: Tensor) -> Tensor:
@@ -105,7 +105,7 @@ def adjust_hue(x: Tensor, shift: Tensor) -> Tensor:
     hue = torch.remainder(hue + shift.view(-1, 1, 1), 1.0)
     saturation = torch.where(maxc > 0, delta / torch.where(maxc > 0, maxc, torch.ones_like(maxc)), torch.zeros_like(maxc))
     # HSV → RGB with the closed form c_k = v − v·s·clamp(min(k', 4 − k'), 0, 1), k' = (n + 6h) mod 6.
-    n = torch.tensor([5.0, 3.0, 1.0], device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    n = torch.arange(5.0, 0.0, -2.0, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)  # (5, 3, 1), made on the device
     k = torch.remainder(n + 6 * hue.unsqueeze(1), 6)
     v, s = maxc.unsqueeze(1), saturation.unsqueeze(1)
     return v - v * s * torch.clamp(torch.minimum(k, 4 - k), 0, 1)

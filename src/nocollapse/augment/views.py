@@ -61,8 +61,8 @@ class AugmentConfig:
 
 def per_view(values: tuple[float, ...], num_views: int, batch: int, device: torch.device) -> Tensor:
     """(num_views·batch,) tensor holding view m's value for the m-th block of ``batch`` samples."""
-    per_view_values = torch.tensor([values[m % len(values)] for m in range(num_views)], device=device)
-    return per_view_values.repeat_interleave(batch)
+    per_view_values = torch.tensor([values[m % len(values)] for m in range(num_views)])
+    return per_view_values.repeat_interleave(batch).to(device)
 
 
 def blur_kernel_size(image_side: int, fraction: float) -> int:
@@ -82,6 +82,21 @@ class ViewGenerator:
     def __init__(self, config: AugmentConfig) -> None:
         config.validate()
         self.config = config
+        # Constant tensors per (device, batch), made once: building them from Python lists every step
+        # would be a blocking host-to-device copy on a GPU.
+        self._constants: dict[tuple[torch.device, int], dict[str, Tensor]] = {}
+
+    def _constants_for(self, device: torch.device, batch: int) -> dict[str, Tensor]:
+        key = (device, batch)
+        if key not in self._constants:
+            cfg = self.config
+            self._constants[key] = {
+                "blur_p": per_view(cfg.blur_prob, cfg.num_views, batch, device),
+                "solarize_p": per_view(cfg.solarize_prob, cfg.num_views, batch, device),
+                "mean": torch.tensor(cfg.mean or (0.0,)).view(1, -1, 1, 1).to(device),
+                "std": torch.tensor(cfg.std or (1.0,)).view(1, -1, 1, 1).to(device),
+            }
+        return self._constants[key]
 
     def __call__(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
         cfg = self.config
@@ -98,20 +113,17 @@ class ViewGenerator:
         if channels == 3 and cfg.grayscale_prob > 0:
             gray = ops.bernoulli_mask(n, cfg.grayscale_prob, x, generator)
             x = torch.where(gray, ops.grayscale(x).expand_as(x), x)
-        blur_p = per_view(cfg.blur_prob, views, batch, x.device)
-        if bool((blur_p > 0).any()):
+        constants = self._constants_for(x.device, batch)
+        if any(p > 0 for p in cfg.blur_prob[:views]):
             sigma = ops.uniform((n,), cfg.blur_sigma[0], cfg.blur_sigma[1], x, generator)
             blurred = ops.gaussian_blur(x, sigma, blur_kernel_size(size, cfg.blur_kernel_fraction))
-            apply = torch.rand((n,), generator=generator, device=x.device) < blur_p
+            apply = torch.rand((n,), generator=generator, device=x.device) < constants["blur_p"]
             x = torch.where(apply.view(-1, 1, 1, 1), blurred, x)
-        solarize_p = per_view(cfg.solarize_prob, views, batch, x.device)
-        if bool((solarize_p > 0).any()):
-            apply = torch.rand((n,), generator=generator, device=x.device) < solarize_p
+        if any(p > 0 for p in cfg.solarize_prob[:views]):
+            apply = torch.rand((n,), generator=generator, device=x.device) < constants["solarize_p"]
             x = torch.where(apply.view(-1, 1, 1, 1), ops.solarize(x), x)
         if cfg.mean:
-            mean = torch.tensor(cfg.mean, device=x.device).view(1, -1, 1, 1)
-            std = torch.tensor(cfg.std, device=x.device).view(1, -1, 1, 1)
-            x = (x - mean) / std
+            x = (x - constants["mean"]) / constants["std"]
         return x.view(views, batch, channels, size, size)
 
     def _colour_jitter(self, x: Tensor, generator: torch.Generator | None) -> Tensor:

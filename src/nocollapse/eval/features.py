@@ -26,10 +26,11 @@ def encoder_features(
     batch_size: int = 1024,
     device: torch.device | str | None = None,
     channels_last: bool = False,
+    amp: bool = True,
 ) -> Tensor:
     """(N, D) float32 features of uint8 ``images`` from ``encoder`` in eval mode, no augmentation.
 
-    The encoder's train/eval mode is restored afterwards. Features come back on ``device`` (default:
+    On CUDA the forward pass runs under bf16 autocast when ``amp``. The encoder's train/eval mode is restored afterwards. Features come back on ``device`` (default:
     the encoder's device); images move there one batch at a time, so the dataset may stay on the CPU.
     """
     device = torch.device(device) if device is not None else next(encoder.parameters()).device
@@ -40,7 +41,7 @@ def encoder_features(
         x = normalize_images(images[start : start + batch_size].to(device, non_blocking=True), mean, std)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
             chunks.append(encoder(x).float())
     encoder.train(was_training)
     return torch.cat(chunks)

@@ -6,9 +6,10 @@ from torch import nn
 
 from nocollapse.config import Config
 from nocollapse.methods.byol import BYOL
+from nocollapse.methods.wmse import WMSE
 from nocollapse.nn.backbones import build_backbone
 
-__all__ = ["BYOL", "build_method"]
+__all__ = ["BYOL", "WMSE", "build_method"]
 
 
 def build_method(config: Config, in_channels: int) -> nn.Module:
@@ -22,4 +23,7 @@ def build_method(config: Config, in_channels: int) -> nn.Module:
     encoder = build_backbone(model.backbone, in_channels=in_channels, widths=model.widths, depth=model.depth, stem=model.stem)
     if config.method.name == "byol":
         return BYOL(encoder, projector_hidden=model.projector_hidden, projection_dim=model.projection_dim, predictor_hidden=model.predictor_hidden)
+    if config.method.name == "wmse":
+        method = config.method
+        return WMSE(encoder, head_hidden=model.projector_hidden, embedding_dim=model.projection_dim, w_size=method.w_size, w_iter=method.w_iter, eps=method.w_eps)
     raise ValueError(f"unknown method {config.method.name!r}")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -12,21 +11,11 @@ from nocollapse.data import ImageDataset, load_dataset
 from nocollapse.errors import UserError
 from nocollapse.eval.evaluate import RepresentationScores, format_table, score_features
 from nocollapse.eval.features import encoder_features, pixel_features
-from nocollapse.methods import build_method
+from nocollapse.nn.backbones import build_backbone
 from nocollapse.train.checkpoint import save_json
-from nocollapse.train.loop import select_device
+from nocollapse.train.loop import load_run_config, select_device
 
 EVAL_FILE = "eval.json"
-
-
-def load_run_config(run_dir: Path) -> Config:
-    path = run_dir / "config.json"
-    if not path.is_file():
-        raise UserError(f"{run_dir} is not a nocollapse run directory (no config.json); pass the directory `nocollapse train` wrote")
-    try:
-        return Config.from_dict(json.loads(path.read_text()))
-    except json.JSONDecodeError as error:
-        raise UserError(f"{path} is not valid JSON ({error}); the run's config is damaged") from None
 
 
 def evaluate_run(
@@ -62,15 +51,19 @@ def evaluate_run(
 
     def encoder_rows(name: str, encoder: torch.nn.Module) -> RepresentationScores:
         encoder.to(device_)
-        features = lambda images: encoder_features(encoder, images, mean=config.augment.mean, std=config.augment.std, device=device_)
+        features = lambda images: encoder_features(encoder, images, mean=config.augment.mean, std=config.augment.std, device=device_, amp=config.run.amp)
         return score(name, features(train_set.images), features(test_set.images))
 
+    model = config.model
+    make_encoder = lambda: build_backbone(model.backbone, in_channels=train_set.images.shape[1], widths=model.widths, depth=model.depth, stem=model.stem)
     rows = []
     if e.baselines:
         rows.append(score("raw pixels", pixel_features(train_set.images).to(device_), pixel_features(test_set.images).to(device_)))
-        torch.manual_seed(config.run.seed)  # the trained run started from exactly this initialisation
-        rows.append(encoder_rows(f"random {config.model.backbone}", build_method(config, train_set.images.shape[1]).encoder))
-    trained = build_method(config, train_set.images.shape[1]).encoder
+        # The trained run's encoder started from exactly this initialisation: methods build the encoder first.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.run.seed)
+            rows.append(encoder_rows(f"random {model.backbone}", make_encoder()))
+    trained = make_encoder()
     try:
         trained.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     except Exception as error:

@@ -18,9 +18,9 @@ import torch
 from torch import Tensor
 
 from nocollapse.augment.views import ViewGenerator
-from nocollapse.config import Config, flatten
-from nocollapse.data import ImageDataset, load_dataset
-from nocollapse.errors import UserError
+from nocollapse.config import Config, flatten, set_value, validate
+from nocollapse.data import load_dataset
+from nocollapse.errors import CollapseError, UserError
 from nocollapse.eval.features import encoder_features
 from nocollapse.eval.knn import knn_accuracy
 from nocollapse.methods import build_method
@@ -28,7 +28,7 @@ from nocollapse.train.checkpoint import atomic_write_bytes, load_checkpoint, sav
 from nocollapse.train.optim import build_optimizer, describe_param_groups, split_param_groups
 from nocollapse.train.progress import Progress
 from nocollapse.train.runinfo import environment
-from nocollapse.train.schedules import ema_momentum, warmup_cosine
+from nocollapse.train.schedules import ema_momentum, warmup_cosine, warmup_step_decay
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
@@ -46,6 +46,45 @@ def select_device(name: str) -> torch.device:
 def run_directory(config: Config) -> Path:
     name = config.run.name or f"{config.preset}-{config.method.name}-seed{config.run.seed}"
     return Path(config.run.out_dir) / name
+
+
+# Settings that may change on resume without changing the trajectory (run.seed does change it).
+RESUME_FREE_PREFIXES = ("run.", "eval.", "data.data_dir", "data.on_device")
+
+
+def changed_training_keys(before: Config, after: Config) -> list[str]:
+    """``"key: old → new"`` for each setting that differs and would change what a resumed run computes."""
+    old, new = flatten(before.to_dict()), flatten(after.to_dict())
+    return [f"{key}: {old.get(key)!r} → {new.get(key)!r}" for key in sorted(old.keys() | new.keys())
+            if old.get(key) != new.get(key) and (key == "run.seed" or not key.startswith(RESUME_FREE_PREFIXES))]
+
+
+def load_run_config(run_dir: Path) -> Config:
+    """The resolved config a run saved in ``run_dir/config.json``."""
+    path = run_dir / "config.json"
+    if not path.is_file():
+        raise UserError(f"{run_dir} is not a nocollapse run directory (no config.json); pass the directory `nocollapse train` wrote")
+    try:
+        return Config.from_dict(json.loads(path.read_text()))
+    except json.JSONDecodeError as error:
+        raise UserError(f"{path} is not valid JSON ({error}); the run's config is damaged") from None
+
+
+def resume_config(run_dir: Path, overrides: list[str]) -> Config:
+    """The run's own config with ``overrides`` applied; overrides that would change training are refused."""
+    saved = load_run_config(run_dir)
+    config = Config.from_dict(saved.to_dict())
+    for text in overrides:
+        key, sep, value = text.partition("=")
+        if not sep:
+            raise UserError(f"override {text!r} is not of the form key=value")
+        set_value(config, key.strip(), value.strip())
+    validate(config)
+    changed = changed_training_keys(saved, config)
+    if changed:
+        raise UserError(f"cannot change {', '.join(changed)} when resuming {run_dir}: only run.* (but the seed), eval.* and "
+                        "data.data_dir may change; start a new run (another run.name) for other settings")
+    return config
 
 
 def _seeded(generator: torch.Generator, *parts: int) -> torch.Generator:
@@ -124,11 +163,9 @@ class Trainer:
 
     def _load(self, path: Path) -> None:
         state = load_checkpoint(path, map_location=self.device)
-        # Resuming is exact only with the same training settings; run.* and eval.* may change freely.
-        before, now = flatten(state.get("config", {})), flatten(self.config.to_dict())
-        changed = sorted(k for k in now.keys() | before.keys() if not k.startswith(("run.", "eval.")) and before.get(k) != now.get(k))
+        changed = changed_training_keys(Config.from_dict(state.get("config", {})), self.config)
         if changed:
-            raise UserError("--resume with a different training config (" + ", ".join(f"{k}: {before.get(k)!r} → {now.get(k)!r}" for k in changed)
+            raise UserError("--resume with a different training config (" + ", ".join(changed)
                             + "); resume with the original settings, or start a new run")
         self.method.load_state_dict(state["method"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -144,7 +181,14 @@ class Trainer:
         path = self.run_dir / METRICS
         if not path.exists():
             return
-        kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= step]
+        kept = []
+        for line in path.read_text().splitlines():
+            try:
+                if json.loads(line).get("step", 0) <= step:
+                    kept.append(line)
+            except json.JSONDecodeError:
+                pass  # a line cut short by the interruption
+
         atomic_write_bytes(path, lambda file: file.write("".join(line + "\n" for line in kept).encode()))
 
     def save(self) -> None:
@@ -157,7 +201,11 @@ class Trainer:
     # ---- training ----------------------------------------------------------------------------------
     def schedule(self, step: int) -> tuple[float, float]:
         """(learning rate, EMA momentum τ) at ``step``: pure functions of the step."""
-        lr = warmup_cosine(step, self.total_steps, base=self.base_lr, warmup_steps=self.warmup_steps)
+        o = self.config.optim
+        if o.schedule == "step":
+            lr = warmup_step_decay(step, self.total_steps, base=self.base_lr, warmup_steps=self.warmup_steps, milestones=o.lr_decay_at, factor=o.lr_decay_factor)
+        else:
+            lr = warmup_cosine(step, self.total_steps, base=self.base_lr, warmup_steps=self.warmup_steps)
         tau = ema_momentum(step, self.total_steps, base=self.config.method.ema_base)
         return lr, tau
 
@@ -194,33 +242,46 @@ class Trainer:
         while self.step < self.total_steps:
             epoch, position = divmod(self.step, self.steps_per_epoch)
             if permutation is None or position == 0:
-                permutation = torch.randperm(len(self.train_set), generator=_seeded(order_rng, cfg.run.seed, epoch)).to(self.device)
+                permutation = torch.randperm(len(self.train_set), generator=_seeded(order_rng, cfg.run.seed, epoch))
+                # On-device data is indexed on the device; host data by a host index (no sync either way).
+                permutation = permutation.to(self.device) if cfg.data.on_device else permutation
             index = permutation[position * cfg.optim.batch_size : (position + 1) * cfg.optim.batch_size]
-            images = self.train_images[index] if cfg.data.on_device else self.train_images[index.cpu()].to(self.device, non_blocking=True)
-            terms = self.train_step(images, _seeded(view_rng, cfg.run.seed, self.step, 1))
+            images = self.train_images[index] if cfg.data.on_device else self.train_images[index].to(self.device, non_blocking=True)
+            try:
+                terms = self.train_step(images, _seeded(view_rng, cfg.run.seed, self.step, 1))
+            except CollapseError as error:
+                self._write_metrics({"step": self.step, "epoch": self._epoch(), "error": str(error)})
+                raise UserError(f"training stopped at step {self.step}: {error}\nThe last good checkpoint in {self.run_dir} is kept.") from None
             for name, value in terms.items():
                 totals[name] = totals.get(name, 0) + value.detach()
             window_steps += 1
-            if self.step % cfg.run.log_every == 0 or self.step == self.total_steps:
-                record = self._log_window(totals, window_steps, time.perf_counter() - window_start, epoch)
-                progress.update(window_steps, epoch=f"{self.step / self.steps_per_epoch:.2f}", **{k: record[k] for k in ("loss", "lr", "tau", "img/s")})
+            epoch_done = self.step % self.steps_per_epoch == 0
+            save_due = epoch_done or (cfg.run.checkpoint_every > 0 and self.step % cfg.run.checkpoint_every == 0)
+            # A window also closes at every checkpoint: its losses are checked finite before the checkpoint is
+            # written, and a run resumed from it logs exactly the windows of an uninterrupted one.
+            if save_due or self.step % cfg.run.log_every == 0 or self.step == self.total_steps:
+                record = self._log_window(totals, window_steps, time.perf_counter() - window_start)
+                progress.update(window_steps, epoch=f"{self._epoch():.2f}", **{k: record[k] for k in ("loss", "lr", "tau", "img/s") if k in record})
                 totals, window_start, window_steps = {}, time.perf_counter(), 0
-            if cfg.run.checkpoint_every and self.step % cfg.run.checkpoint_every == 0:
+            if save_due:
                 self.save()
-            if self.step % self.steps_per_epoch == 0:
-                finished_epoch = self.step // self.steps_per_epoch
-                if cfg.eval.monitor_every and (finished_epoch % cfg.eval.monitor_every == 0 or self.step == self.total_steps):
-                    self._monitor(finished_epoch)
-                self.save()
+            finished_epoch = self.step // self.steps_per_epoch
+            if epoch_done and cfg.eval.monitor_every and (finished_epoch % cfg.eval.monitor_every == 0 or self.step == self.total_steps):
+                self._monitor()
         progress.close()
-        torch.save(self.method.encoder.state_dict(), self.run_dir / "encoder.pt")
+        save_checkpoint(self.run_dir / "encoder.pt", self.method.encoder.state_dict())
         return self.run_dir
 
-    def _log_window(self, totals: dict[str, Tensor], steps: int, seconds: float, epoch: int) -> dict[str, Any]:
-        values = {name: (total / steps).item() for name, total in totals.items()}  # the only host sync
+    def _epoch(self) -> float:
+        """Epochs completed, fractional: the x-axis every metric line shares."""
+        return round(self.step / self.steps_per_epoch, 4)
+
+    def _log_window(self, totals: dict[str, Tensor], steps: int, seconds: float) -> dict[str, Any]:
+        values = {name: (total / steps).item() for name, total in totals.items()}  # the step loop's host sync
         lr, tau = self.schedule(self.step - 1)
-        record = {"step": self.step, "epoch": epoch, **values,
-                  "lr": lr, "tau": tau, "img/s": round(steps * self.config.optim.batch_size / max(seconds, 1e-9), 1)}
+        record = {"step": self.step, "epoch": self._epoch(), **values, "lr": lr,
+                  **({"tau": tau} if hasattr(self.method, "update_target") else {}),
+                  "img/s": round(steps * self.config.optim.batch_size / max(seconds, 1e-9), 1)}
         if not all(math.isfinite(v) for v in values.values()):
             self._write_metrics({**record, "error": "non-finite loss"})
             raise UserError(f"the loss became non-finite by step {self.step} ({values}); lower optim.lr or lengthen optim.warmup_epochs. "
@@ -228,16 +289,16 @@ class Trainer:
         self._write_metrics(record)
         return record
 
-    def _monitor(self, epoch: int) -> None:
+    def _monitor(self) -> None:
         """kNN top-1 (k = the smallest of eval.knn_k) on the test split from a fixed subset of the training set."""
         cfg = self.config
         bank = len(self.train_set) if cfg.eval.monitor_train_samples == 0 else min(len(self.train_set), cfg.eval.monitor_train_samples)
         subset = torch.randperm(len(self.train_set), generator=torch.Generator().manual_seed(cfg.run.seed))[:bank]
         features = lambda images: encoder_features(self.method.encoder, images, mean=cfg.augment.mean, std=cfg.augment.std,
-                                                   device=self.device, channels_last=cfg.run.channels_last)
+                                                   device=self.device, channels_last=cfg.run.channels_last, amp=cfg.run.amp)
         k = min(cfg.eval.knn_k)
         accuracy = knn_accuracy(features(self.train_set.images[subset]), self.train_set.labels[subset].to(self.device),
                                 features(self.test_set.images), self.test_set.labels.to(self.device),
                                 num_classes=len(self.train_set.classes), k=k, temperature=cfg.eval.knn_temperature)
-        self._write_metrics({"step": self.step, "epoch": epoch, f"knn_top1_k{k}": accuracy, "knn_bank": bank})
-        self.log(f"\nepoch {epoch}: kNN top-1 (k={k}, {bank} train images) {100 * accuracy:.2f}%")
+        self._write_metrics({"step": self.step, "epoch": self._epoch(), f"knn_top1_k{k}": accuracy, "knn_bank": bank})
+        self.log(f"\nepoch {self._epoch():g}: kNN top-1 (k={k}, {bank} train images) {100 * accuracy:.2f}%")

@@ -22,3 +22,16 @@ def ema_momentum(step: int, total_steps: int, *, base: float) -> float:
     """BYOL's target momentum ``τ_k = 1 − (1 − τ_base)·(cos(πk/K) + 1)/2``: τ_base at k=0, 1 at k=K."""
     progress = min(1.0, step / max(1, total_steps))
     return 1 - (1 - base) * (math.cos(math.pi * progress) + 1) / 2
+
+
+def warmup_step_decay(step: int, total_steps: int, *, base: float, warmup_steps: int = 0,
+                      milestones: tuple[float, ...] = (), factor: float = 0.2) -> float:
+    """Linear warm-up to ``base``, then ``base·factor^j`` after the j-th milestone (W-MSE's schedule).
+
+    ``milestones`` are fractions of ``total_steps`` (W-MSE's drops at epochs E−50 and E−25 of E = 1000
+    are ``(0.95, 0.975)``), so a preset keeps its shape whatever the run length.
+    """
+    if step < warmup_steps:
+        return base * (step + 1) / warmup_steps
+    passed = sum(step >= fraction * total_steps for fraction in milestones)
+    return base * factor**passed
