@@ -32,7 +32,7 @@ def test_unknown_key_lists_the_valid_ones():
         ("optim.lr=-1", "optim.lr must be positive"),
         ("optim.batch_size=1", "at least 2"),
         ("optim.epochs=abc", "not a valid int"),
-        ("method.ema_base=1.5", "ema_base"),
+        ("method.byol.ema_base=1.5", "ema_base"),
         ("model.backbone=vit", "not one of"),
         ("augment.crop_scale=0.9,0.1", "crop_scale"),
         ("optim.lr", "key=value"),

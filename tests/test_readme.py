@@ -13,13 +13,23 @@ def code_blocks(language: str) -> list[str]:
     return re.findall(rf"```{language}\n(.*?)```", README, flags=re.DOTALL)
 
 
-def test_the_python_example_trains_and_moves_the_target():
-    (example,) = code_blocks("python")
+def run_example(index: int) -> dict:
     namespace: dict = {}
-    exec(compile(example, "README.md", "exec"), namespace)
+    exec(compile(code_blocks("python")[index], "README.md", "exec"), namespace)
+    return namespace
+
+
+def test_the_byol_example_trains_and_moves_the_target():
+    namespace = run_example(0)
     assert torch.isfinite(namespace["loss"]) and 0 <= namespace["loss"].item() <= 8
     online, target = namespace["online"], namespace["target"]
     assert any(not torch.equal(p, q) for p, q in zip(online.parameters(), target.parameters()))
+
+
+def test_the_wmse_example_gives_a_loss_and_a_gradient():
+    namespace = run_example(1)
+    assert 0 <= namespace["loss"].item() <= 4
+    assert torch.isfinite(namespace["embeddings"].grad).all()
 
 
 def test_ci_runs_the_readme_test_command():

@@ -163,3 +163,30 @@ def test_cli_resume_takes_the_runs_own_settings(tiny_data, tmp_path, capsys, mon
     assert json.loads(metrics.read_text().splitlines()[-1])["step"] == 12
     assert main(["train", "--quiet", "--resume", f"run.out_dir={tmp_path}", "run.name=long", "optim.lr=0.1"]) == 2
     assert "optim.lr" in capsys.readouterr().err
+
+
+def test_each_step_uses_the_scheduled_lr_and_tau_and_updates_the_target_after_the_step(tiny_data, tmp_path, monkeypatch):
+    from nocollapse.train.schedules import ema_momentum, warmup_cosine
+
+    trainer = Trainer(tiny_config(tiny_data, tmp_path, "run.name=sched", "eval.monitor_every=0"), progress=False, log=lambda *_: None)
+    optimised = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
+    assert not optimised & {id(p) for p in trainer.method.target.parameters()}, "the target is never optimised"
+    assert {id(p) for p in trainer.method.predictor.parameters()} <= optimised
+    excluded = {id(p) for g in trainer.optimizer.param_groups if g["lars_exclude"] for p in g["params"]}
+    assert all((id(p) in excluded) == (p.ndim < 2) for p in trainer.method.parameters() if id(p) in optimised)
+
+    seen = []
+    real_update = type(trainer.method).update_target
+
+    def spy(method, momentum):
+        # Called after optimizer.step(): the lr of the step just taken is still in the groups.
+        seen.append((trainer.step, trainer.optimizer.param_groups[0]["lr"], momentum))
+        real_update(method, momentum)
+
+    monkeypatch.setattr(type(trainer.method), "update_target", spy)
+    trainer.fit()
+    total, warmup, base_lr = trainer.total_steps, trainer.warmup_steps, trainer.base_lr
+    assert [s for s, _, _ in seen] == list(range(total))
+    for step, lr, tau in seen:
+        assert lr == pytest.approx(warmup_cosine(step, total, base=base_lr, warmup_steps=warmup))
+        assert tau == pytest.approx(ema_momentum(step, total, base=trainer.config.method.byol.ema_base))

@@ -14,15 +14,15 @@ from nocollapse.methods import WMSE
 from nocollapse.nn import ConvNet
 from nocollapse.train.loop import Trainer
 
-TINY_WMSE = [*TINY_RUN, "model.projection_dim=8", "method.w_size=16"]
+TINY_WMSE = [*TINY_RUN, "model.projection_dim=8", "method.wmse.w_size=16"]
 
 
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        (["model.projection_dim=16", "method.w_size=16"], "must exceed"),
-        (["optim.batch_size=40", "method.w_size=16"], "divis"),
-        (["optim.batch_size=8", "method.w_size=16"], "smaller than"),
+        (["model.projection_dim=16", "method.wmse.w_size=16"], "must exceed"),
+        (["optim.batch_size=40", "method.wmse.w_size=16"], "divis"),
+        (["optim.batch_size=8", "method.wmse.w_size=16"], "smaller than"),
     ],
 )
 def test_bad_whitening_shapes_are_configuration_errors(overrides, message):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -34,16 +35,26 @@ class ModelConfig:
     stem: str = "cifar"  # resnets: cifar (3×3 stride 1, no max-pool; for 28–64 px) | imagenet (7×7 stride 2 + max-pool)
     projector_hidden: int = 1024  # BYOL uses 4096 on ImageNet; a quarter is plenty for small encoders
     projection_dim: int = 128  # BYOL uses 256
-    predictor_hidden: int = 1024
+    predictor_hidden: int = 1024  # BYOL predictor hidden width (d → h → d)
+
+
+@dataclass
+class BYOLConfig:
+    ema_base: float = 0.99  # τ_base of the target EMA; τ rises to 1 along a cosine. Short runs want 0.99 or lower, 1000-epoch runs 0.996
+
+
+@dataclass
+class WMSEConfig:
+    w_size: int = 128  # embeddings per whitened sub-batch; must exceed model.projection_dim (rule: 2d) and divide optim.batch_size
+    w_iter: int = 1  # random sub-batch partitions per step (the paper uses 1; more costs more Cholesky solves)
+    eps: float = 0.0  # shrinkage (1−ε)C + εI before Cholesky; raise (e.g. 1e-3) if whitening fails on a collapsing run
 
 
 @dataclass
 class MethodConfig:
     name: str = "byol"  # byol | wmse (views from augment.num_views: 2 for W-MSE 2, 4 for W-MSE 4)
-    ema_base: float = 0.99  # byol: τ_base of the target EMA; τ rises to 1 along a cosine. Short runs want 0.99 or lower, 1000-epoch runs 0.996
-    w_size: int = 128  # wmse: embeddings per whitened sub-batch; must exceed model.projection_dim (rule: 2d) and divide optim.batch_size
-    w_iter: int = 1  # wmse: random sub-batch partitions per step (the paper uses 1; more costs more Cholesky solves)
-    w_eps: float = 0.0  # wmse: shrinkage (1−ε)C + εI before Cholesky; raise (e.g. 1e-3) if whitening fails on a collapsing run
+    byol: BYOLConfig = field(default_factory=BYOLConfig)  # read when name=byol
+    wmse: WMSEConfig = field(default_factory=WMSEConfig)  # read when name=wmse
 
 
 @dataclass
@@ -57,7 +68,7 @@ class OptimConfig:
     lars_trust: str = "update"  # LARS trust ratio η‖p‖/‖g + λp‖ (update, BYOL) | η‖p‖/(‖g‖ + λ‖p‖) (grad_plus_decay, solo-learn)
     lars_clip: bool = False  # solo-learn's clipping: a layer's rate is min(trust, lr) instead of trust·lr
     batch_size: int = 256  # images per step (each gives num_views views)
-    epochs: int = 10
+    epochs: int = 10  # passes over the training set; the lr and τ schedules span them
     warmup_epochs: float = 1.0  # linear warm-up from 0 (may be fractional)
     schedule: str = "cosine"  # after warm-up: cosine (decay to 0) | step (×lr_decay_factor at each lr_decay_at)
     lr_decay_at: tuple[float, ...] = (0.95, 0.975)  # step schedule: fractions of training (W-MSE: epochs E−50, E−25 of E=1000)
@@ -67,11 +78,11 @@ class OptimConfig:
 @dataclass
 class EvalConfig:
     knn_k: tuple[int, ...] = (20, 200)  # neighbours for the final kNN table (cosine, weighted by exp(s/T))
-    knn_temperature: float = 0.1
+    knn_temperature: float = 0.1  # T in the vote weight exp(cos/T) (InstDisc/lightly protocol)
     monitor_every: int = 1  # kNN monitor on the test split every N epochs (0: off)
     monitor_train_samples: int = 10000  # training images that form the monitor's kNN bank (all: 0); the final evaluation uses all
     linear_probe: bool = True  # train a linear classifier on frozen features in the final evaluation
-    probe_epochs: int = 30
+    probe_epochs: int = 30  # linear-probe epochs (Adam, cosine); 30 keeps evaluation within the CPU budget, raise for final numbers
     baselines: bool = True  # evaluate raw pixels and a randomly initialised encoder beside the trained one
 
 
@@ -90,7 +101,7 @@ class RunConfig:
 
 @dataclass
 class Config:
-    preset: str = "fmnist"
+    preset: str = "fmnist"  # the preset these settings started from (informational)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
@@ -128,7 +139,7 @@ CIFAR_BYOL = {**RESNET18_BYOL_HEADS, "augment.blur_prob": (0.0,), "optim.lars_tr
               "optim.epochs": 1000, "optim.warmup_epochs": 10, "eval.monitor_every": 25}
 # W-MSE (SPEC §2): one network, head 1024 → 64, Adam 3e-3 with warm-up and ×0.2 at E−50 and E−25,
 # weak augmentation without blur or solarize.
-WMSE = {"method.name": "wmse", "model.projector_hidden": 1024, "model.projection_dim": 64, "method.w_size": 128,
+WMSE = {"method.name": "wmse", "model.projector_hidden": 1024, "model.projection_dim": 64, "method.wmse.w_size": 128,
         "optim.name": "adam", "optim.lr": 3e-3, "optim.scale_lr": False, "optim.weight_decay": 1e-6,
         "optim.schedule": "step", "augment.blur_prob": (0.0,), "augment.solarize_prob": (0.0,),
         "augment.saturation": 0.4, "augment.grayscale_prob": 0.1, "augment.crop_scale": (0.2, 1.0)}
@@ -143,12 +154,12 @@ PRESETS: dict[str, dict[str, Any]] = {
     # The default: BYOL on Fashion-MNIST within 15 minutes on 2 CPU cores. Found by
     # benchmarks/recipe_search.py (docs/recipe.md): with only ~4 epochs, a fast-moving target
     # (τ_base 0.9), gentle crops and small batches (more steps) matter most.
-    "fmnist": {**FMNIST_DATA, "method.ema_base": 0.9, "optim.batch_size": 128, "optim.epochs": 4, "augment.crop_scale": (0.8, 1.0)},
+    "fmnist": {**FMNIST_DATA, "method.byol.ema_base": 0.9, "optim.batch_size": 128, "optim.epochs": 4, "augment.crop_scale": (0.8, 1.0)},
     # Fashion-MNIST on a GPU: a ResNet-18 and a longer schedule.
     "fmnist-gpu": {**FMNIST_DATA, **RESNET18_BYOL_HEADS, "augment.crop_scale": (0.2, 1.0), "optim.batch_size": 512,
                    "optim.epochs": 100, "optim.warmup_epochs": 10, "eval.monitor_every": 10},
     "fmnist-wmse2": FMNIST_WMSE,
-    "fmnist-wmse4": {**FMNIST_WMSE, "augment.num_views": 4, "optim.epochs": 3, "optim.batch_size": 64, "method.w_size": 64, "model.projection_dim": 32},
+    "fmnist-wmse4": {**FMNIST_WMSE, "augment.num_views": 4, "optim.epochs": 3, "optim.batch_size": 64, "method.wmse.w_size": 64, "model.projection_dim": 32},
     "cifar10": {**CIFAR_BYOL, "data.dataset": "cifar10", "augment.mean": CIFAR10_STATS["mean"], "augment.std": CIFAR10_STATS["std"]},
     "cifar100": {**CIFAR_BYOL, "data.dataset": "cifar100", "augment.mean": CIFAR100_STATS["mean"], "augment.std": CIFAR100_STATS["std"]},
     # W-MSE 2 / 4 on CIFAR-10 as published: ResNet-18, batch 512 / 256, 1000 epochs, 500-step warm-up (≈ 5 / 2.5 epochs).
@@ -264,22 +275,23 @@ def validate(config: Config) -> None:
     require(o.batch_size >= 2, f"optim.batch_size must be at least 2 (BatchNorm and the losses need a batch), got {o.batch_size}")
     require(o.epochs >= 1, f"optim.epochs must be at least 1, got {o.epochs}")
     require(0 <= o.warmup_epochs <= o.epochs, f"optim.warmup_epochs must lie in [0, optim.epochs={o.epochs}], got {o.warmup_epochs}")
-    require(0 <= m.ema_base <= 1, f"method.ema_base must lie in [0, 1], got {m.ema_base}")
+    require(0 <= m.byol.ema_base <= 1, f"method.byol.ema_base must lie in [0, 1], got {m.byol.ema_base}")
     require(all(k >= 1 for k in e.knn_k) and len(e.knn_k) > 0, f"eval.knn_k must be positive integers, got {e.knn_k}")
     require(e.knn_temperature > 0, f"eval.knn_temperature must be positive, got {e.knn_temperature}")
     require(e.monitor_every >= 0 and e.monitor_train_samples >= 0 and e.probe_epochs >= 1, "eval.monitor_every and eval.monitor_train_samples must be >= 0, eval.probe_epochs >= 1")
     require(r.log_every >= 1 and r.checkpoint_every >= 0, f"run.log_every must be >= 1 and run.checkpoint_every >= 0, got {r.log_every}, {r.checkpoint_every}")
-    require(r.device == "auto" or r.device == "cpu" or r.device.startswith("cuda") or r.device == "mps", f"run.device={r.device!r}: use auto, cpu, cuda or cuda:N")
+    require(re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", r.device) is not None, f"run.device={r.device!r}: use auto, cpu, cuda, cuda:N or mps")
     require(mo.depth >= 1 and len(mo.widths) > 0 and all(w >= 1 for w in mo.widths), f"model.widths must be positive and model.depth >= 1, got {mo.widths}, {mo.depth}")
     require(min(mo.projector_hidden, mo.projection_dim, mo.predictor_hidden) >= 1, "model.projector_hidden, projection_dim and predictor_hidden must be positive")
     require("/" not in r.name and r.name not in (".", ".."), f"run.name={r.name!r} must be a plain directory name")
     require(all(0 < f <= 1 for f in o.lr_decay_at) and 0 < o.lr_decay_factor <= 1, f"optim.lr_decay_at must be fractions in (0, 1] and optim.lr_decay_factor in (0, 1], got {o.lr_decay_at}, {o.lr_decay_factor}")
     if m.name == "wmse":
-        require(m.w_iter >= 1 and 0 <= m.w_eps < 1, f"method.w_iter must be >= 1 and method.w_eps in [0, 1), got {m.w_iter}, {m.w_eps}")
+        w = m.wmse
+        require(w.w_iter >= 1 and 0 <= w.eps < 1, f"method.wmse.w_iter must be >= 1 and method.wmse.eps in [0, 1), got {w.w_iter}, {w.eps}")
         try:
-            check_whitening_shapes(o.batch_size, mo.projection_dim, m.w_size)
+            check_whitening_shapes(o.batch_size, mo.projection_dim, w.w_size)
         except ValueError as error:
-            raise UserError(f"W-MSE settings (optim.batch_size={o.batch_size}, model.projection_dim={mo.projection_dim}, method.w_size={m.w_size}): {error}") from None
+            raise UserError(f"W-MSE settings (optim.batch_size={o.batch_size}, model.projection_dim={mo.projection_dim}, method.wmse.w_size={w.w_size}): {error}") from None
     try:
         config.augment.validate()
     except ValueError as error:
@@ -312,20 +324,22 @@ def resolve_config(preset: str = "fmnist", overrides: list[str] | dict[str, Any]
 def field_comments() -> dict[str, str]:
     """``{"optim.lr": "base learning rate for ..."}``, read from the comments beside each field above."""
     import inspect
-    import re
 
     comments: dict[str, str] = {}
-    for section in dataclasses.fields(Config):
-        if not dataclasses.is_dataclass(section.default_factory):
-            continue  # the plain ``preset`` field
-        source = inspect.getsource(section.default_factory)
-        for match in re.finditer(r"^\s+(\w+): [^=]+=.*?#\s*(.+)$", source, flags=re.MULTILINE):
-            comments[f"{section.name}.{match.group(1)}"] = match.group(2).strip()
+
+    def collect(cls: type, prefix: str) -> None:
+        for match in re.finditer(r"^\s+(\w+): [^=]+=.*?#\s*(.+)$", inspect.getsource(cls), flags=re.MULTILINE):
+            comments[f"{prefix}{match.group(1)}"] = match.group(2).strip()
+        for section in dataclasses.fields(cls):
+            if dataclasses.is_dataclass(section.default_factory):
+                collect(section.default_factory, f"{prefix}{section.name}.")
+
+    collect(Config, "")
     return comments
 
 
 def describe(config: Config) -> str:
-    """Every key with its value and its comment: what ``nocollapse config`` and ``train --help`` print."""
+    """Every key with its value and its comment: what ``nocollapse config`` prints."""
     comments = field_comments()
     lines = []
     for key, value in flatten(config.to_dict()).items():

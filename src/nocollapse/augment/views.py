@@ -32,7 +32,7 @@ class AugmentConfig:
     blur_kernel_fraction: float = 0.1  # kernel side ≈ this fraction of the image side (odd, at least 3)
     solarize_prob: tuple[float, ...] = (0.0, 0.2)  # per view
     mean: tuple[float, ...] = field(default_factory=tuple)  # per-channel normalisation; empty = none
-    std: tuple[float, ...] = field(default_factory=tuple)
+    std: tuple[float, ...] = field(default_factory=tuple)  # per-channel standard deviation, paired with mean
 
     def validate(self) -> None:
         """Raise ValueError naming the first field that is out of range."""

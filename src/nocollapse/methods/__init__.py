@@ -24,6 +24,6 @@ def build_method(config: Config, in_channels: int) -> nn.Module:
     if config.method.name == "byol":
         return BYOL(encoder, projector_hidden=model.projector_hidden, projection_dim=model.projection_dim, predictor_hidden=model.predictor_hidden)
     if config.method.name == "wmse":
-        method = config.method
-        return WMSE(encoder, head_hidden=model.projector_hidden, embedding_dim=model.projection_dim, w_size=method.w_size, w_iter=method.w_iter, eps=method.w_eps)
+        wmse = config.method.wmse
+        return WMSE(encoder, head_hidden=model.projector_hidden, embedding_dim=model.projection_dim, w_size=wmse.w_size, w_iter=wmse.w_iter, eps=wmse.eps)
     raise ValueError(f"unknown method {config.method.name!r}")

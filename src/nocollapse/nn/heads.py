@@ -5,12 +5,11 @@ from __future__ import annotations
 from torch import nn
 
 
-def mlp(input_dim: int, hidden_dim: int, output_dim: int, *, num_layers: int = 2, last_bn: bool = False) -> nn.Sequential:
+def mlp(input_dim: int, hidden_dim: int, output_dim: int, *, num_layers: int = 2) -> nn.Sequential:
     """``Linear → BN → ReLU`` repeated ``num_layers − 1`` times, then ``Linear(hidden → output)``.
 
-    With the defaults this is BYOL's projector/predictor ``Linear(D→h) → BN → ReLU → Linear(h→d)``.
-    Hidden linears carry no bias: the BatchNorm after them makes it redundant. ``last_bn`` appends an
-    affine-free BatchNorm to the output (used by some SimSiam-style heads).
+    With the defaults this is BYOL's projector/predictor and W-MSE's head ``Linear(D→h) → BN → ReLU →
+    Linear(h→d)``. Hidden linears carry no bias: the BatchNorm after them makes it redundant.
     """
     if num_layers < 1:
         raise ValueError(f"an MLP needs at least one layer, got num_layers={num_layers}")
@@ -20,6 +19,4 @@ def mlp(input_dim: int, hidden_dim: int, output_dim: int, *, num_layers: int = 2
         layers += [nn.Linear(width, hidden_dim, bias=False), nn.BatchNorm1d(hidden_dim), nn.ReLU(inplace=True)]
         width = hidden_dim
     layers.append(nn.Linear(width, output_dim))
-    if last_bn:
-        layers.append(nn.BatchNorm1d(output_dim, affine=False))
     return nn.Sequential(*layers)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -25,7 +26,7 @@ def evaluate_run(
     train_set: ImageDataset | None = None,
     test_set: ImageDataset | None = None,
     device: str | None = None,
-    log=print,
+    log: Callable[[str], object] = print,
 ) -> list[RepresentationScores]:
     """Score ``run_dir/encoder.pt`` (kNN for each ``eval.knn_k``, linear probe) and, when
     ``eval.baselines``, raw pixels and the randomly initialised encoder; print and save ``eval.json``.

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -98,7 +99,8 @@ def _seeded(generator: torch.Generator, *parts: int) -> torch.Generator:
 class Trainer:
     """One training run of ``config`` in ``run_dir`` (default: ``run.out_dir/run.name``)."""
 
-    def __init__(self, config: Config, *, run_dir: Path | None = None, resume: bool = False, progress: bool = True, log=print) -> None:
+    def __init__(self, config: Config, *, run_dir: Path | None = None, resume: bool = False, progress: bool = True,
+                 log: Callable[[str], object] = print) -> None:
         self.config = config
         self.run_dir = run_dir or run_directory(config)
         self.show_progress = progress
@@ -130,7 +132,7 @@ class Trainer:
         self.total_steps = self.steps_per_epoch * o.epochs
         self.warmup_steps = round(o.warmup_epochs * self.steps_per_epoch)
         self.step = 0
-        self.forward = torch.compile(self.method) if config.run.compile else self.method
+        self.compute_losses = torch.compile(self.method) if config.run.compile else self.method
 
         if resume:
             self._load(checkpoint_path)
@@ -206,7 +208,7 @@ class Trainer:
             lr = warmup_step_decay(step, self.total_steps, base=self.base_lr, warmup_steps=self.warmup_steps, milestones=o.lr_decay_at, factor=o.lr_decay_factor)
         else:
             lr = warmup_cosine(step, self.total_steps, base=self.base_lr, warmup_steps=self.warmup_steps)
-        tau = ema_momentum(step, self.total_steps, base=self.config.method.ema_base)
+        tau = ema_momentum(step, self.total_steps, base=self.config.method.byol.ema_base)
         return lr, tau
 
     def train_step(self, images: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
@@ -219,7 +221,7 @@ class Trainer:
             # Lay each (B, C, H, W) view out channels-last, the format the convolutions run fastest in.
             views = views.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda" and self.config.run.amp):
-            terms = self.forward(views)
+            terms = self.compute_losses(views)
         self.optimizer.zero_grad(set_to_none=True)
         terms["loss"].backward()
         self.optimizer.step()
