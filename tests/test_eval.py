@@ -361,3 +361,16 @@ def test_fashion_mnist_raw_pixel_baselines():
     probe_seconds = time.perf_counter() - start
     assert 0.84 <= probe["top1"] <= 0.86, probe
     print(f"kNN {acc} in {knn_seconds:.1f}s; probe (5 epochs) {probe} in {probe_seconds:.1f}s")
+
+
+def test_score_features_reports_both_knn_protocols_as_computed_directly():
+    from nocollapse.eval import format_table, knn_accuracies, score_features
+
+    g = torch.Generator().manual_seed(0)
+    train, test = torch.randn(200, 6, generator=g), torch.randn(50, 6, generator=g)
+    train_y, test_y = torch.randint(0, 3, (200,), generator=g), torch.randint(0, 3, (50,), generator=g)
+    row = score_features("x", train, train_y, test, test_y, num_classes=3, knn_k=(7,), knn_euclidean_k=(5,), probe=False)
+    assert row.knn == knn_accuracies(train, train_y, test, test_y, num_classes=3, ks=(7,))
+    assert row.knn_euclidean == knn_accuracies(train, train_y, test, test_y, num_classes=3, ks=(5,), metric="euclidean", weighting="uniform")
+    table = format_table([row])
+    assert "kNN k=7" in table and "kNN-euclid k=5" in table and f"{100 * row.knn_euclidean[5]:.2f}" in table

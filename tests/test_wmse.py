@@ -46,7 +46,9 @@ def test_cli_trains_and_evaluates_wmse(preset, tiny_data, tmp_path, capsys):
     assert main(["train", "--quiet", "--preset", preset, "--data-dir", str(tiny_data), *TINY_WMSE,
                  f"run.out_dir={tmp_path}", "run.name=w", "run.device=cpu"]) == 0
     out = capsys.readouterr().out
-    assert "wmse convnet" in out and "raw pixels" in out
+    assert "wmse convnet" in out and "raw pixels" in out and "kNN-euclid k=5" in out, "W-MSE presets report the paper's kNN too"
+    saved = json.loads((tmp_path / "w" / "eval.json").read_text())
+    assert all(0 <= row["knn_euclidean"]["5"] <= 1 for row in saved["rows"])
     records = [json.loads(line) for line in (tmp_path / "w" / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in records if "loss" in r]
     assert losses and all(0 <= v <= 4 for v in losses)

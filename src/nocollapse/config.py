@@ -79,6 +79,7 @@ class OptimConfig:
 class EvalConfig:
     knn_k: tuple[int, ...] = (20, 200)  # neighbours for the final kNN table (cosine, weighted by exp(s/T))
     knn_temperature: float = 0.1  # T in the vote weight exp(cos/T) (InstDisc/lightly protocol)
+    knn_euclidean_k: tuple[int, ...] = ()  # also report W-MSE's kNN protocol (Euclidean, unweighted; k=5 in the paper); empty: off
     monitor_every: int = 1  # kNN monitor on the test split every N epochs (0: off)
     monitor_train_samples: int = 10000  # training images that form the monitor's kNN bank (all: 0); the final evaluation uses all
     linear_probe: bool = True  # train a linear classifier on frozen features in the final evaluation
@@ -142,7 +143,8 @@ CIFAR_BYOL = {**RESNET18_BYOL_HEADS, "augment.blur_prob": (0.0,), "optim.lars_tr
 WMSE = {"method.name": "wmse", "model.projector_hidden": 1024, "model.projection_dim": 64, "method.wmse.w_size": 128,
         "optim.name": "adam", "optim.lr": 3e-3, "optim.scale_lr": False, "optim.weight_decay": 1e-6,
         "optim.schedule": "step", "augment.blur_prob": (0.0,), "augment.solarize_prob": (0.0,),
-        "augment.saturation": 0.4, "augment.grayscale_prob": 0.1, "augment.crop_scale": (0.2, 1.0)}
+        "augment.saturation": 0.4, "augment.grayscale_prob": 0.1, "augment.crop_scale": (0.2, 1.0),
+        "eval.knn_euclidean_k": (5,)}
 # Fashion-MNIST W-MSE within the default BYOL run's CPU budget (docs/recipe.md): gentle crops and BYOL's
 # asymmetric blur/solarize help it as they help BYOL (+2.6 points kNN over the paper's weak augmentation).
 # W-MSE 2 needs no target pass, so 5 epochs cost what BYOL's 4 do; W-MSE 4 processes twice the views: 3 epochs.
@@ -277,6 +279,7 @@ def validate(config: Config) -> None:
     require(0 <= o.warmup_epochs <= o.epochs, f"optim.warmup_epochs must lie in [0, optim.epochs={o.epochs}], got {o.warmup_epochs}")
     require(0 <= m.byol.ema_base <= 1, f"method.byol.ema_base must lie in [0, 1], got {m.byol.ema_base}")
     require(all(k >= 1 for k in e.knn_k) and len(e.knn_k) > 0, f"eval.knn_k must be positive integers, got {e.knn_k}")
+    require(all(k >= 1 for k in e.knn_euclidean_k), f"eval.knn_euclidean_k must be positive integers, got {e.knn_euclidean_k}")
     require(e.knn_temperature > 0, f"eval.knn_temperature must be positive, got {e.knn_temperature}")
     require(e.monitor_every >= 0 and e.monitor_train_samples >= 0 and e.probe_epochs >= 1, "eval.monitor_every and eval.monitor_train_samples must be >= 0, eval.probe_epochs >= 1")
     require(r.log_every >= 1 and r.checkpoint_every >= 0, f"run.log_every must be >= 1 and run.checkpoint_every >= 0, got {r.log_every}, {r.checkpoint_every}")

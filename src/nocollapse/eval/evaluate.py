@@ -14,16 +14,19 @@ from nocollapse.eval.linear import linear_probe
 
 @dataclass
 class RepresentationScores:
-    """Accuracies (in [0, 1]) of one representation; ``linear`` is empty when the probe was skipped."""
+    """Accuracies (in [0, 1]) of one representation: cosine kNN by k, Euclidean kNN by k (the W-MSE
+    protocol; empty unless asked for), linear probe (empty when skipped)."""
 
     name: str
     dim: int
     knn: dict[int, float]
     linear: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
+    knn_euclidean: dict[int, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "dim": self.dim, "knn": {str(k): v for k, v in self.knn.items()}, "linear": self.linear, "seconds": round(self.seconds, 2)}
+        return {"name": self.name, "dim": self.dim, "knn": {str(k): v for k, v in self.knn.items()},
+                "knn_euclidean": {str(k): v for k, v in self.knn_euclidean.items()}, "linear": self.linear, "seconds": round(self.seconds, 2)}
 
 
 def score_features(
@@ -36,17 +39,25 @@ def score_features(
     num_classes: int,
     knn_k: Sequence[int] = (20, 200),
     knn_temperature: float = 0.1,
+    knn_euclidean_k: Sequence[int] = (),
     probe: bool = True,
     probe_epochs: int = 30,
     seed: int = 0,
 ) -> RepresentationScores:
-    """kNN (cosine, exp(s/T)-weighted) for each k in ``knn_k`` and, if ``probe``, a linear probe."""
+    """kNN (cosine, exp(s/T)-weighted) for each k in ``knn_k``; Euclidean, unweighted kNN (W-MSE's
+    protocol, k = 5 there) for each k in ``knn_euclidean_k``; and, if ``probe``, a linear probe."""
     started = time.perf_counter()
     device = train_features.device
     knn = knn_accuracies(
         train_features, train_labels.to(device), test_features, test_labels.to(device),
         num_classes=num_classes, ks=tuple(knn_k), temperature=knn_temperature,
     )
+    knn_euclidean = {}
+    if knn_euclidean_k:
+        knn_euclidean = knn_accuracies(
+            train_features, train_labels.to(device), test_features, test_labels.to(device),
+            num_classes=num_classes, ks=tuple(knn_euclidean_k), metric="euclidean", weighting="uniform",
+        )
     linear = {}
     if probe:
         linear = linear_probe(
@@ -55,16 +66,19 @@ def score_features(
         )
         if num_classes <= 10:  # top-5 of 10 classes says little; report it where classes > 10 (SPEC §6)
             linear.pop("top5", None)
-    return RepresentationScores(name, train_features.shape[1], knn, linear, time.perf_counter() - started)
+    return RepresentationScores(name, train_features.shape[1], knn, linear, time.perf_counter() - started, knn_euclidean)
 
 
 def format_table(rows: Sequence[RepresentationScores], *, title: str = "") -> str:
     """A plain-text table, one row per representation, accuracies in percent."""
     ks = sorted({k for row in rows for k in row.knn})
+    euclidean_ks = sorted({k for row in rows for k in row.knn_euclidean})
     probes = sorted({key for row in rows for key in row.linear})
-    header = ["representation", "dim"] + [f"kNN k={k}" for k in ks] + [f"linear {p}" for p in probes]
-    lines = [[row.name, str(row.dim)] + [f"{100 * row.knn[k]:.2f}" if k in row.knn else "-" for k in ks]
-             + [f"{100 * row.linear[p]:.2f}" if p in row.linear else "-" for p in probes] for row in rows]
+    header = (["representation", "dim"] + [f"kNN k={k}" for k in ks] + [f"kNN-euclid k={k}" for k in euclidean_ks]
+              + [f"linear {p}" for p in probes])
+    cell = lambda scores, key: f"{100 * scores[key]:.2f}" if key in scores else "-"
+    lines = [[row.name, str(row.dim)] + [cell(row.knn, k) for k in ks] + [cell(row.knn_euclidean, k) for k in euclidean_ks]
+             + [cell(row.linear, p) for p in probes] for row in rows]
     widths = [max(len(cell) for cell in column) for column in zip(header, *lines)]
 
     def render(cells: list[str]) -> str:

@@ -46,7 +46,7 @@ def evaluate_run(
 
     def score(name: str, train_features: torch.Tensor, test_features: torch.Tensor) -> RepresentationScores:
         row = score_features(name, train_features, train_set.labels, test_features, test_set.labels, num_classes=classes,
-                             knn_k=e.knn_k, knn_temperature=e.knn_temperature, probe=e.linear_probe, probe_epochs=e.probe_epochs, seed=config.run.seed)
+                             knn_k=e.knn_k, knn_temperature=e.knn_temperature, knn_euclidean_k=e.knn_euclidean_k, probe=e.linear_probe, probe_epochs=e.probe_epochs, seed=config.run.seed)
         log(f"  scored {name} in {row.seconds:.1f}s")
         return row
 
