@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from nocollapse.errors import UserError
+from nocollapse.eval.checks import check_same_dim, check_split
 
 Metric = Literal["cosine", "euclidean"]
 Weighting = Literal["exp", "uniform"]
@@ -143,12 +143,7 @@ def knn_accuracies(
     votes with the first k of those sorted neighbours, which are exactly its own k nearest neighbours.
     The result for each k equals a separate :func:`knn_accuracy` call.
     """
-    _check_labels(test_labels, "test_labels", num_classes)
-    if test_labels.shape[0] != test_features.shape[0]:
-        raise UserError(
-            f"kNN: test_features has {test_features.shape[0]} rows but test_labels has "
-            f"{test_labels.shape[0]}; pass one label per test feature row"
-        )
+    check_split(test_features, test_labels, "test", num_classes, "kNN")
     predictions = _knn_predict_many(
         train_features,
         train_labels,
@@ -179,7 +174,9 @@ def _knn_predict_many(
     """Shared body: ``{k: (M,) predictions}`` from one similarity pass with k_max = max(ks)."""
     ks = tuple(ks)
     _check_arguments(ks, temperature, metric, weighting, chunk_size, num_classes)
-    _check_features(train_features, train_labels, test_features, num_classes)
+    check_split(train_features, train_labels, "train", num_classes, "kNN")
+    check_split(test_features, None, "test", num_classes, "kNN")
+    check_same_dim(train_features, test_features, "kNN")
 
     device = train_features.device
     n_train = train_features.shape[0]
@@ -254,43 +251,3 @@ def _check_arguments(
         raise ValueError(f"kNN: chunk_size must be an integer >= 1, got {chunk_size!r}")
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"kNN: num_classes must be an integer >= 1, got {num_classes!r}")
-
-
-def _check_labels(labels: Tensor, name: str, num_classes: int) -> None:
-    if labels.ndim != 1:
-        raise UserError(f"kNN: {name} must be a 1-D tensor of class indices, got shape {tuple(labels.shape)}")
-    if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
-        raise UserError(f"kNN: {name} must hold integer class indices, got dtype {labels.dtype}")
-    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
-        raise UserError(
-            f"kNN: {name} must lie in [0, {num_classes}) for num_classes={num_classes}, found values in "
-            f"[{int(labels.min())}, {int(labels.max())}]; check num_classes or the label encoding"
-        )
-
-
-def _check_features(train_features: Tensor, train_labels: Tensor, test_features: Tensor, num_classes: int) -> None:
-    if train_features.ndim != 2 or test_features.ndim != 2:
-        raise UserError(
-            f"kNN: features must be 2-D (rows, dim), got train {tuple(train_features.shape)} and "
-            f"test {tuple(test_features.shape)}; flatten images or pooled maps first"
-        )
-    if not (train_features.dtype.is_floating_point and test_features.dtype.is_floating_point):
-        raise UserError(
-            f"kNN: features must be floating point, got {train_features.dtype} and {test_features.dtype}; "
-            f"convert uint8 pixels with .float() / 255"
-        )
-    if train_features.shape[1] != test_features.shape[1]:
-        raise UserError(
-            f"kNN: train features have dimension {train_features.shape[1]} but test features have "
-            f"{test_features.shape[1]}; extract both with the same encoder"
-        )
-    if train_features.shape[0] == 0:
-        raise UserError("kNN: the training set is empty; there are no neighbours to vote")
-    if test_features.shape[0] == 0:
-        raise UserError("kNN: the test set is empty; there is nothing to classify")
-    _check_labels(train_labels, "train_labels", num_classes)
-    if train_labels.shape[0] != train_features.shape[0]:
-        raise UserError(
-            f"kNN: train_features has {train_features.shape[0]} rows but train_labels has "
-            f"{train_labels.shape[0]}; pass one label per training feature row"
-        )

@@ -40,7 +40,7 @@ import sys
 import torch
 from torch import Tensor
 
-from nocollapse.errors import UserError
+from nocollapse.eval.checks import check_same_dim, check_split
 
 __all__ = ["linear_probe"]
 
@@ -97,13 +97,9 @@ def linear_probe(
         where C > 10 (SPEC §6). Top-5 uses ``min(5, C)`` classes.
     """
     _check_arguments(num_classes, epochs, batch_size, lr, weight_decay)
-    _check_split(train_features, train_labels, "train", num_classes)
-    _check_split(test_features, test_labels, "test", num_classes)
-    if train_features.shape[1] != test_features.shape[1]:
-        raise UserError(
-            f"linear probe: train features have dimension {train_features.shape[1]} but test features have "
-            f"{test_features.shape[1]}; extract both with the same encoder"
-        )
+    check_split(train_features, train_labels, "train", num_classes, "linear probe")
+    check_split(test_features, test_labels, "test", num_classes, "linear probe")
+    check_same_dim(train_features, test_features, "linear probe")
 
     device = torch.device(device) if device is not None else train_features.device
     x_train = train_features.detach().to(device=device, dtype=torch.float32)
@@ -209,27 +205,3 @@ def _check_arguments(num_classes: int, epochs: int, batch_size: int, lr: float, 
         raise ValueError(f"linear probe: weight_decay must be >= 0, got {weight_decay!r}")
 
 
-def _check_split(features: Tensor, labels: Tensor, split: str, num_classes: int) -> None:
-    if features.ndim != 2 or not features.dtype.is_floating_point:
-        raise UserError(
-            f"linear probe: {split} features must be a 2-D float tensor (rows, dim), got shape "
-            f"{tuple(features.shape)} and dtype {features.dtype}; flatten and convert with .float() first"
-        )
-    if features.shape[0] == 0:
-        raise UserError(f"linear probe: the {split} set is empty")
-    if labels.ndim != 1 or labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
-        raise UserError(
-            f"linear probe: {split} labels must be a 1-D integer tensor of class indices, got shape "
-            f"{tuple(labels.shape)} and dtype {labels.dtype}"
-        )
-    if labels.shape[0] != features.shape[0]:
-        raise UserError(
-            f"linear probe: {split} features have {features.shape[0]} rows but {split} labels have "
-            f"{labels.shape[0]}; pass one label per feature row"
-        )
-    low, high = int(labels.min()), int(labels.max())
-    if low < 0 or high >= num_classes:
-        raise UserError(
-            f"linear probe: {split} labels must lie in [0, {num_classes}) for num_classes={num_classes}, "
-            f"found values in [{low}, {high}]; check num_classes or the label encoding"
-        )
