@@ -16,7 +16,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
 
 from nocollapse.config import resolve_config
 from nocollapse.eval.features import encoder_features
