@@ -176,6 +176,8 @@ class Trainer:
         if "cuda_rng" in state and self.device.type == "cuda":
             torch.cuda.set_rng_state(state["cuda_rng"].cpu(), self.device)
         self._truncate_metrics(self.step)
+        # environment.json describes where the run started; a resume may be on another machine or torch.
+        self._write_metrics({"step": self.step, "epoch": self._epoch(), "resumed": environment(self.device)})
         self.log(f"resumed {self.run_dir} at step {self.step}/{self.total_steps}")
 
     def _truncate_metrics(self, step: int) -> None:
