@@ -374,3 +374,19 @@ def test_score_features_reports_both_knn_protocols_as_computed_directly():
     assert row.knn_euclidean == knn_accuracies(train, train_y, test, test_y, num_classes=3, ks=(5,), metric="euclidean", weighting="uniform")
     table = format_table([row])
     assert "kNN k=7" in table and "kNN-euclid k=5" in table and f"{100 * row.knn_euclidean[5]:.2f}" in table
+
+
+def test_rankme_is_the_dimension_for_isotropic_data_and_one_for_rank_one_data():
+    from nocollapse.eval import rankme, singular_spectrum
+
+    isotropic = torch.cat([torch.eye(16), -torch.eye(16)])  # every singular value equal
+    assert rankme(isotropic) == pytest.approx(16, rel=1e-5)
+    rank_one = torch.randn(100, 1) @ torch.randn(1, 16)
+    assert rankme(rank_one) == pytest.approx(1, abs=1e-3)
+    assert rankme(torch.zeros(10, 4)) == 0.0
+    # Against the definition, float64: exp of the entropy of σ/Σσ (+1e-7).
+    x = torch.randn(50, 8) @ torch.diag(torch.linspace(0.1, 2, 8))
+    sigma = np.linalg.svd(x.double().numpy(), compute_uv=False)
+    p = sigma / sigma.sum() + 1e-7
+    assert rankme(x) == pytest.approx(float(np.exp(-(p * np.log(p)).sum())), rel=1e-9)
+    assert torch.allclose(singular_spectrum(x), torch.from_numpy(np.sort(sigma)[::-1].copy()))

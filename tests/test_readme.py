@@ -3,6 +3,7 @@
 import re
 from pathlib import Path
 
+import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,6 +31,14 @@ def test_the_wmse_example_gives_a_loss_and_a_gradient():
     namespace = run_example(1)
     assert 0 <= namespace["loss"].item() <= 4
     assert torch.isfinite(namespace["embeddings"].grad).all()
+
+
+def test_the_msbreg_example_gives_each_term_and_gradients():
+    namespace = run_example(2)
+    assert torch.isfinite(namespace["predictions"].grad).all() and torch.isfinite(namespace["projections"].grad).all()
+    terms = namespace["terms"]
+    assert set(terms) == {"loss", "wmse", "singular_value", "brownian"}
+    assert terms["loss"].item() == pytest.approx((terms["wmse"] + 10 * terms["singular_value"] + 0.1 * terms["brownian"]).item(), rel=1e-5)
 
 
 def test_ci_runs_the_readme_test_command():

@@ -43,18 +43,21 @@ def test_the_target_follows_the_online_network(tiny_data, tmp_path):
     assert all(not p.requires_grad for p in target.parameters())
 
 
-def test_resume_from_a_mid_epoch_checkpoint_gives_the_uninterrupted_weights(tiny_data, tmp_path, monkeypatch):
-    extra = ["optim.epochs=3", "run.checkpoint_every=3", "run.log_every=4"]
+@pytest.mark.parametrize("method", [[], ["method.name=msbreg", "augment.num_views=3", "regularizers.singular_value=1", "regularizers.brownian=0.5"]],
+                         ids=["byol", "msbreg+sv+bd"])
+def test_resume_from_a_mid_epoch_checkpoint_gives_the_uninterrupted_weights(tiny_data, tmp_path, monkeypatch, method):
+    # MSBReg's Brownian kicks come from a per-step generator: a resumed run must draw the same ones.
+    extra = ["optim.epochs=3", "run.checkpoint_every=3", "run.log_every=4", *method]
     straight = Trainer(tiny_config(tiny_data, tmp_path, "run.name=straight", *extra), progress=False, log=lambda *_: None)
     straight.fit()
 
     interrupted = Trainer(tiny_config(tiny_data, tmp_path, "run.name=resumed", *extra), progress=False, log=lambda *_: None)
     real_step = Trainer.train_step
 
-    def crash_at_step_7(self, images, generator):
+    def crash_at_step_7(self, images, *generators):
         if self.step == 7:  # 4 steps an epoch: the last checkpoint is at step 6, mid-epoch and mid-log-window (log_every=4)
             raise KeyboardInterrupt
-        return real_step(self, images, generator)
+        return real_step(self, images, *generators)
 
     monkeypatch.setattr(Trainer, "train_step", crash_at_step_7)
     with pytest.raises(KeyboardInterrupt):
@@ -150,10 +153,10 @@ def test_cli_resume_takes_the_runs_own_settings(tiny_data, tmp_path, capsys, mon
     base = ["train", "--quiet", "--no-eval", "--data-dir", str(tiny_data), *TINY_RUN, f"run.out_dir={tmp_path}", "run.name=long", "run.device=cpu"]
     real_step = Trainer.train_step
 
-    def crash_at_step_6(self, images, generator):
+    def crash_at_step_6(self, images, *generators):
         if self.step == 6:
             raise KeyboardInterrupt
-        return real_step(self, images, generator)
+        return real_step(self, images, *generators)
 
     monkeypatch.setattr(Trainer, "train_step", crash_at_step_6)
     assert main([*base, "optim.epochs=3"]) == 130

@@ -73,9 +73,9 @@ def test_collapse_stops_training_with_the_step_and_keeps_the_checkpoint(tiny_dat
     trainer.method.head = CollapseAfter(trainer.method.head)
     real_step = Trainer.train_step
 
-    def step(self, images, generator):
+    def step(self, images, *generators):
         self.method.head.collapsed = self.step >= 6
-        return real_step(self, images, generator)
+        return real_step(self, images, *generators)
 
     trainer.train_step = step.__get__(trainer)
     checkpoint = trainer.run_dir / "checkpoint.pt"

@@ -51,10 +51,24 @@ class WMSEConfig:
 
 
 @dataclass
+class MSBRegConfig:
+    centroid: str = "per_view"  # per_view (each view's prediction to the target centroid) | mean (online centroid to target centroid)
+
+
+@dataclass
 class MethodConfig:
-    name: str = "byol"  # byol | wmse (views from augment.num_views: 2 for W-MSE 2, 4 for W-MSE 4)
-    byol: BYOLConfig = field(default_factory=BYOLConfig)  # read when name=byol
+    name: str = "byol"  # byol | wmse | msbreg (views from augment.num_views: 2 for W-MSE 2, 4 for W-MSE 4; MSBReg M ≥ 2)
+    byol: BYOLConfig = field(default_factory=BYOLConfig)  # read when name=byol or msbreg (the EMA target)
     wmse: WMSEConfig = field(default_factory=WMSEConfig)  # read when name=wmse
+    msbreg: MSBRegConfig = field(default_factory=MSBRegConfig)  # read when name=msbreg; its SV and BD terms are regularizers.*
+
+
+@dataclass
+class RegularizerConfig:
+    singular_value: float = 0.0  # weight λ_SV of the singular value loss on the online projections (flattens their spectrum; 0: off)
+    singular_value_target: str = "uniform"  # uniform: eigenvalues pulled to 1/d, the uniform law's (resists shrinking) | mean: to their mean (SPEC §3; lets the batch shrink to a point)
+    brownian: float = 0.0  # weight λ_BD of the Brownian diffusive loss on the online projections (a random kick per embedding; 0: off)
+    brownian_sigma: float = 1.0  # σ of the Brownian noise N(0, σ²I); only σ·λ_BD matters for the gradient
 
 
 @dataclass
@@ -106,6 +120,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
+    regularizers: RegularizerConfig = field(default_factory=RegularizerConfig)  # terms added to any method's loss, by weight
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -152,15 +167,23 @@ FMNIST_WMSE = {**FMNIST_DATA, **WMSE, "optim.batch_size": 128, "optim.epochs": 5
                "optim.lr_decay_at": (0.75, 0.875), "augment.crop_scale": (0.8, 1.0),
                "augment.blur_prob": (1.0, 0.1), "augment.solarize_prob": (0.0, 0.2)}
 
+# The default: BYOL on Fashion-MNIST within 15 minutes on 2 CPU cores. Found by
+# benchmarks/recipe_search.py (docs/recipe.md): with only ~4 epochs, a fast-moving target
+# (τ_base 0.9), gentle crops and small batches (more steps) matter most.
+FMNIST_BYOL = {**FMNIST_DATA, "method.byol.ema_base": 0.9, "optim.batch_size": 128, "optim.epochs": 4, "augment.crop_scale": (0.8, 1.0)}
+# MSBReg's singular value and Brownian terms (SPEC §3; the paper's weights were not available to us).
+MSBREG_REGULARIZERS = {"regularizers.singular_value": 10.0, "regularizers.brownian": 0.1}
+
 PRESETS: dict[str, dict[str, Any]] = {
-    # The default: BYOL on Fashion-MNIST within 15 minutes on 2 CPU cores. Found by
-    # benchmarks/recipe_search.py (docs/recipe.md): with only ~4 epochs, a fast-moving target
-    # (τ_base 0.9), gentle crops and small batches (more steps) matter most.
-    "fmnist": {**FMNIST_DATA, "method.byol.ema_base": 0.9, "optim.batch_size": 128, "optim.epochs": 4, "augment.crop_scale": (0.8, 1.0)},
+    "fmnist": FMNIST_BYOL,
     # Fashion-MNIST on a GPU: a ResNet-18 and a longer schedule.
     "fmnist-gpu": {**FMNIST_DATA, **RESNET18_BYOL_HEADS, "augment.crop_scale": (0.2, 1.0), "optim.batch_size": 512,
                    "optim.epochs": 100, "optim.warmup_epochs": 10, "eval.monitor_every": 10},
     "fmnist-wmse2": FMNIST_WMSE,
+    # MSBReg on the default BYOL run's budget: 4 views of 64 images per step (BYOL: 2 of 128), so
+    # the same 1872 steps of 256 views are 2 epochs; views alternate BYOL's blur/solarize settings.
+    "fmnist-msbreg": {**FMNIST_BYOL, **MSBREG_REGULARIZERS, "method.name": "msbreg", "augment.num_views": 4,
+                      "optim.batch_size": 64, "optim.epochs": 2, "optim.warmup_epochs": 0.5},
     "fmnist-wmse4": {**FMNIST_WMSE, "augment.num_views": 4, "optim.epochs": 3, "optim.batch_size": 64, "method.wmse.w_size": 64, "model.projection_dim": 32},
     "cifar10": {**CIFAR_BYOL, "data.dataset": "cifar10", "augment.mean": CIFAR10_STATS["mean"], "augment.std": CIFAR10_STATS["std"]},
     "cifar100": {**CIFAR_BYOL, "data.dataset": "cifar100", "augment.mean": CIFAR100_STATS["mean"], "augment.std": CIFAR100_STATS["std"]},
@@ -176,7 +199,9 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "data.dataset": ("fashion-mnist", "cifar10", "cifar100", "image-folder"),
     "model.backbone": ("convnet", "resnet18", "resnet34", "resnet50"),
     "model.stem": ("cifar", "imagenet"),
-    "method.name": ("byol", "wmse"),
+    "method.name": ("byol", "wmse", "msbreg"),
+    "method.msbreg.centroid": ("per_view", "mean"),
+    "regularizers.singular_value_target": ("mean", "uniform"),
     "optim.schedule": ("cosine", "step"),
     "optim.name": ("lars", "adamw", "adam", "sgd"),
     "optim.lars_trust": ("update", "grad_plus_decay"),
@@ -260,8 +285,9 @@ def set_value(config: Config, key: str, value: Any) -> None:
 def validate(config: Config) -> None:
     """Check every value; raise UserError naming the field, its value and what would be valid."""
     for key, choices in CHOICES.items():
-        section, name = key.split(".")
-        value = getattr(getattr(config, section), name)
+        value: Any = config
+        for part in key.split("."):
+            value = getattr(value, part)
         if value not in choices:
             raise UserError(f"{key}={value!r} is not one of: {', '.join(choices)}")
 
@@ -288,6 +314,8 @@ def validate(config: Config) -> None:
     require(min(mo.projector_hidden, mo.projection_dim, mo.predictor_hidden) >= 1, "model.projector_hidden, projection_dim and predictor_hidden must be positive")
     require("/" not in r.name and r.name not in (".", ".."), f"run.name={r.name!r} must be a plain directory name")
     require(all(0 < f <= 1 for f in o.lr_decay_at) and 0 < o.lr_decay_factor <= 1, f"optim.lr_decay_at must be fractions in (0, 1] and optim.lr_decay_factor in (0, 1], got {o.lr_decay_at}, {o.lr_decay_factor}")
+    for name, weight in dataclasses.asdict(config.regularizers).items():
+        require(not isinstance(weight, float) or weight >= 0, f"regularizers.{name} must be >= 0, got {weight}")
     if m.name == "wmse":
         w = m.wmse
         require(w.w_iter >= 1 and 0 <= w.eps < 1, f"method.wmse.w_iter must be >= 1 and method.wmse.eps in [0, 1), got {w.w_iter}, {w.eps}")

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from torch import Tensor
 
+from nocollapse.eval.geometry import rankme
 from nocollapse.eval.knn import knn_accuracies
 from nocollapse.eval.linear import linear_probe
 
@@ -15,7 +16,8 @@ from nocollapse.eval.linear import linear_probe
 @dataclass
 class RepresentationScores:
     """Accuracies (in [0, 1]) of one representation: cosine kNN by k, Euclidean kNN by k (the W-MSE
-    protocol; empty unless asked for), linear probe (empty when skipped)."""
+    protocol; empty unless asked for), linear probe (empty when skipped); and the RankMe of its
+    test features (how many directions it uses, up to ``dim``)."""
 
     name: str
     dim: int
@@ -23,10 +25,12 @@ class RepresentationScores:
     linear: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
     knn_euclidean: dict[int, float] = field(default_factory=dict)
+    rankme: float | None = None
 
     def to_dict(self) -> dict:
         return {"name": self.name, "dim": self.dim, "knn": {str(k): v for k, v in self.knn.items()},
-                "knn_euclidean": {str(k): v for k, v in self.knn_euclidean.items()}, "linear": self.linear, "seconds": round(self.seconds, 2)}
+                "knn_euclidean": {str(k): v for k, v in self.knn_euclidean.items()}, "linear": self.linear,
+                "rankme": self.rankme, "seconds": round(self.seconds, 2)}
 
 
 def score_features(
@@ -45,7 +49,8 @@ def score_features(
     seed: int = 0,
 ) -> RepresentationScores:
     """kNN (cosine, exp(s/T)-weighted) for each k in ``knn_k``; Euclidean, unweighted kNN (W-MSE's
-    protocol, k = 5 there) for each k in ``knn_euclidean_k``; and, if ``probe``, a linear probe."""
+    protocol, k = 5 there) for each k in ``knn_euclidean_k``; if ``probe``, a linear probe; and the
+    RankMe of the test features."""
     started = time.perf_counter()
     device = train_features.device
     knn = knn_accuracies(
@@ -66,7 +71,7 @@ def score_features(
         )
         if num_classes <= 10:  # top-5 of 10 classes says little; report it where classes > 10 (SPEC §6)
             linear.pop("top5", None)
-    return RepresentationScores(name, train_features.shape[1], knn, linear, time.perf_counter() - started, knn_euclidean)
+    return RepresentationScores(name, train_features.shape[1], knn, linear, time.perf_counter() - started, knn_euclidean, rankme(test_features))
 
 
 def format_table(rows: Sequence[RepresentationScores], *, title: str = "") -> str:
@@ -75,10 +80,10 @@ def format_table(rows: Sequence[RepresentationScores], *, title: str = "") -> st
     euclidean_ks = sorted({k for row in rows for k in row.knn_euclidean})
     probes = sorted({key for row in rows for key in row.linear})
     header = (["representation", "dim"] + [f"kNN k={k}" for k in ks] + [f"kNN-euclid k={k}" for k in euclidean_ks]
-              + [f"linear {p}" for p in probes])
+              + [f"linear {p}" for p in probes] + ["RankMe"])
     cell = lambda scores, key: f"{100 * scores[key]:.2f}" if key in scores else "-"
     lines = [[row.name, str(row.dim)] + [cell(row.knn, k) for k in ks] + [cell(row.knn_euclidean, k) for k in euclidean_ks]
-             + [cell(row.linear, p) for p in probes] for row in rows]
+             + [cell(row.linear, p) for p in probes] + ["-" if row.rankme is None else f"{row.rankme:.1f}"] for row in rows]
     widths = [max(len(cell) for cell in column) for column in zip(header, *lines)]
 
     def render(cells: list[str]) -> str:

@@ -6,11 +6,12 @@ import torch
 from torch import Tensor, nn
 
 from nocollapse.losses.byol import byol_loss
+from nocollapse.methods.base import Method
 from nocollapse.nn.ema import EMATarget
 from nocollapse.nn.heads import mlp
 
 
-class BYOL(nn.Module):
+class BYOL(Method):
     """``p = q(g(f(v)))`` online, ``z' = g_ξ(f_ξ(v))`` target; loss :func:`~nocollapse.losses.byol_loss`.
 
     The target is a copy of ``encoder`` + projector made at construction and moved by
@@ -30,17 +31,25 @@ class BYOL(nn.Module):
         self.predictor = mlp(projection_dim, predictor_hidden, projection_dim)
         self.target = EMATarget(nn.Sequential(self.encoder, self.projector))
 
-    def forward(self, views: Tensor) -> dict[str, Tensor]:
-        """Loss terms for (M, B, C, H, W) views: ``{"loss": total to minimise, ...named parts}``.
+    def branches(self, views: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(projections, predictions, targets), each (M, B, d), of (M, B, C, H, W) views.
 
         Each view goes through the networks on its own, so BatchNorm statistics are per view as in
         the official implementation (one joint batch would let a view's statistics leak into the
         other's normalisation).
         """
-        predictions = torch.stack([self.predictor(self.projector(self.encoder(v))) for v in views])  # (M, B, d)
+        projections = torch.stack([self.projector(self.encoder(v)) for v in views])
+        predictions = torch.stack([self.predictor(z) for z in projections])
         with torch.no_grad():
-            targets = torch.stack([self.target(v) for v in views])  # (M, B, d)
-        return {"loss": byol_loss(predictions, targets)}
+            targets = torch.stack([self.target(v) for v in views])
+        return projections, predictions, targets
+
+    def objective(self, views: Tensor) -> tuple[dict[str, Tensor], Tensor]:
+        projections, predictions, targets = self.branches(views)
+        return {"byol": byol_loss(predictions, targets)}, projections
+
+    def online_networks(self) -> nn.Module:
+        return nn.ModuleList([self.encoder, self.projector, self.predictor])
 
     def update_target(self, momentum: float) -> None:
         """EMA step ``ξ ← τ ξ + (1 − τ) θ`` of the target encoder and projector (τ = ``momentum``)."""

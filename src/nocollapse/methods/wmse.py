@@ -6,10 +6,11 @@ import torch
 from torch import Tensor, nn
 
 from nocollapse.losses.whitening import whitened_mse
+from nocollapse.methods.base import Method
 from nocollapse.nn.heads import mlp
 
 
-class WMSE(nn.Module):
+class WMSE(Method):
     """One network, no target and no predictor: ``z = h(f(v))``, loss :func:`~nocollapse.losses.whitened_mse`.
 
     Whitening each sub-batch of ``w_size`` embeddings makes them decorrelated with unit variance, so
@@ -32,8 +33,8 @@ class WMSE(nn.Module):
         self.head = mlp(encoder.output_dim, head_hidden, embedding_dim)
         self.embedding_dim, self.w_size, self.w_iter, self.eps = embedding_dim, w_size, w_iter, eps
 
-    def forward(self, views: Tensor) -> dict[str, Tensor]:
-        """Loss terms for (M, B, C, H, W) views: ``{"loss": whitened MSE}``.
+    def objective(self, views: Tensor) -> tuple[dict[str, Tensor], Tensor]:
+        """``{"wmse": whitened MSE}`` and the (M, B, d) embeddings (before whitening) of (M, B, C, H, W) views.
 
         The encoder sees each view on its own (its BatchNorm statistics stay per view) and the head
         sees all views together, as in the official implementation. Sub-batch permutations come
@@ -42,4 +43,4 @@ class WMSE(nn.Module):
         num_views, batch = views.shape[:2]
         features = torch.cat([self.encoder(v) for v in views])  # (M·B, D)
         embeddings = self.head(features).view(num_views, batch, -1)  # (M, B, d)
-        return {"loss": whitened_mse(embeddings, w_size=self.w_size, w_iter=self.w_iter, eps=self.eps)}
+        return {"wmse": whitened_mse(embeddings, w_size=self.w_size, w_iter=self.w_iter, eps=self.eps)}, embeddings

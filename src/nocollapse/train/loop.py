@@ -213,8 +213,11 @@ class Trainer:
         tau = ema_momentum(step, self.total_steps, base=self.config.method.byol.ema_base)
         return lr, tau
 
-    def train_step(self, images: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
-        """One optimiser step on a uint8 batch: views → loss terms → backward → step → target update."""
+    def train_step(self, images: Tensor, generator: torch.Generator, noise: torch.Generator | None = None) -> dict[str, Tensor]:
+        """One optimiser step on a uint8 batch: views → loss terms → backward → step → target update.
+
+        ``generator`` draws the views; ``noise`` feeds the method's stochastic terms (Brownian kicks).
+        """
         lr, tau = self.schedule(self.step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -223,7 +226,7 @@ class Trainer:
             # Lay each (B, C, H, W) view out channels-last, the format the convolutions run fastest in.
             views = views.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda" and self.config.run.amp):
-            terms = self.compute_losses(views)
+            terms = self.compute_losses(views, noise)
         self.optimizer.zero_grad(set_to_none=True)
         terms["loss"].backward()
         self.optimizer.step()
@@ -239,6 +242,7 @@ class Trainer:
         self.log(describe_param_groups(self.param_groups))
         order_rng = torch.Generator()
         view_rng = torch.Generator(device=self.device)
+        noise_rng = torch.Generator(device=self.device)
         progress = Progress(self.total_steps, "train", enabled=self.show_progress, start=self.step)
         totals: dict[str, Tensor] = {}
         window_start, window_steps = time.perf_counter(), 0
@@ -252,7 +256,7 @@ class Trainer:
             index = permutation[position * cfg.optim.batch_size : (position + 1) * cfg.optim.batch_size]
             images = self.train_images[index] if cfg.data.on_device else self.train_images[index].to(self.device, non_blocking=True)
             try:
-                terms = self.train_step(images, _seeded(view_rng, cfg.run.seed, self.step, 1))
+                terms = self.train_step(images, _seeded(view_rng, cfg.run.seed, self.step, 1), _seeded(noise_rng, cfg.run.seed, self.step, 2))
             except CollapseError as error:
                 self._write_metrics({"step": self.step, "epoch": self._epoch(), "error": str(error)})
                 raise UserError(f"training stopped at step {self.step}: {error}\nThe last good checkpoint in {self.run_dir} is kept.") from None

@@ -1,0 +1,58 @@
+"""The shape every method shares: its own loss terms, plus weighted regularizers attached by name."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from nocollapse.methods.regularizers import INPUTS, Regularizer
+
+
+class Method(nn.Module):
+    """A self-supervised method: :meth:`objective` gives its loss terms and online projections;
+    :meth:`forward` adds the attached regularizers and the total.
+
+    Subclasses set ``encoder`` (what evaluation uses) and implement :meth:`objective`; methods with an
+    EMA target also implement ``update_target(momentum)`` and override :meth:`online_networks`.
+    """
+
+    encoder: nn.Module
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.regularizers: list[tuple[str, float, Regularizer]] = []
+
+    def objective(self, views: Tensor) -> tuple[dict[str, Tensor], Tensor]:
+        """``(terms, embeddings)``: the method's own named loss terms (summed into the loss) and the
+        (M, B, d) online projections of the (M, B, C, H, W) views, which regularizers see."""
+        raise NotImplementedError
+
+    def online_networks(self) -> nn.Module:
+        """The networks the optimiser trains (regularizers on weights see these, never a target)."""
+        return self
+
+    def attach(self, name: str, weight: float, regularizer: Regularizer) -> None:
+        """Add ``weight · regularizer`` to the loss; its raw value is reported as ``name``."""
+        unknown = set(regularizer.consumes) - set(INPUTS)
+        if unknown:
+            raise ValueError(f"regularizer {name!r} consumes {sorted(unknown)}, which methods do not provide (they provide {INPUTS})")
+        if name in ("loss", *(n for n, _, _ in self.regularizers)):
+            raise ValueError(f"a term named {name!r} is already attached")
+        self.regularizers.append((name, weight, regularizer))
+
+    def forward(self, views: Tensor, generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        """``{"loss": Σ terms + Σ weight·regularizer, **terms, **regularizers}`` for (M, B, C, H, W) views.
+
+        ``generator`` feeds stochastic regularizers (the Brownian kick); the training loop passes
+        one seeded per step so that a run and its resumes draw the same noise.
+        """
+        terms, embeddings = self.objective(views)
+        loss = sum(terms.values())
+        inputs: dict[str, Any] = {"embeddings": embeddings, "online": self.online_networks(), "generator": generator}
+        for name, weight, regularizer in self.regularizers:
+            value = regularizer(**{key: inputs[key] for key in regularizer.consumes})
+            terms[name] = value
+            loss = loss + weight * value
+        return {"loss": loss, **terms}

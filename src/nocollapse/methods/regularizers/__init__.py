@@ -1,0 +1,30 @@
+"""Regularizers that attach to any method, by name, with a weight: ``regularizers.NAME=weight``.
+
+Adding one: a small file here with a class following :class:`~.base.Regularizer` (the loss maths
+itself lives in ``nocollapse.losses``), a line in :data:`REGULARIZERS`, and its weight (and any
+parameter) as a commented field of :class:`~nocollapse.config.RegularizerConfig`, where the help
+text lives.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from nocollapse.config import RegularizerConfig
+from nocollapse.methods.regularizers.base import INPUTS, Regularizer
+from nocollapse.methods.regularizers.brownian import Brownian
+from nocollapse.methods.regularizers.singular_value import SingularValue
+
+# name (= its weight's field in RegularizerConfig) → builder from the config section
+REGULARIZERS: dict[str, Callable[[RegularizerConfig], Regularizer]] = {
+    "singular_value": lambda config: SingularValue(target=config.singular_value_target),
+    "brownian": lambda config: Brownian(sigma=config.brownian_sigma),
+}
+
+
+def build_regularizers(config: RegularizerConfig) -> list[tuple[str, float, Regularizer]]:
+    """``(name, weight, regularizer)`` for every regularizer whose weight in ``config`` is not 0."""
+    return [(name, getattr(config, name), build(config)) for name, build in REGULARIZERS.items() if getattr(config, name) != 0]
+
+
+__all__ = ["INPUTS", "REGULARIZERS", "Brownian", "Regularizer", "SingularValue", "build_regularizers"]

@@ -1,0 +1,129 @@
+"""Regularizers attach to any method by name and weight; MSBReg is BYOL's architecture plus three forces."""
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import ClassVar
+
+import pytest
+import torch
+
+from conftest import TINY_RUN
+from nocollapse.cli import main
+from nocollapse.config import RegularizerConfig, field_comments, resolve_config
+from nocollapse.errors import UserError
+from nocollapse.losses.byol import byol_loss
+from nocollapse.losses.msbreg import brownian_diffusive_loss, multiview_centroid_loss, singular_value_loss
+from nocollapse.methods import REGULARIZERS, build_method
+from nocollapse.methods.regularizers import INPUTS
+
+TINY_MODEL = ["model.widths=8,16", "model.projector_hidden=32", "model.projection_dim=16", "model.predictor_hidden=32", "optim.batch_size=8"]
+
+
+def tiny_method(*overrides, preset="fmnist"):
+    torch.manual_seed(0)
+    return build_method(resolve_config(preset, [*TINY_MODEL, *overrides]), in_channels=1).double()
+
+
+def test_every_registered_regularizer_has_a_documented_weight_and_declares_known_inputs():
+    weights = {f.name: f for f in dataclasses.fields(RegularizerConfig)}
+    comments = field_comments()
+    for name, build in REGULARIZERS.items():
+        assert name in weights and weights[name].type in (float, "float"), f"RegularizerConfig needs a float field {name!r}"
+        assert f"regularizers.{name}" in comments, f"regularizers.{name} needs a comment (its help text)"
+        assert set(build(RegularizerConfig()).consumes) <= set(INPUTS)
+
+
+def test_the_loss_is_the_method_term_plus_the_weighted_regularizers():
+    method = tiny_method("regularizers.singular_value=0.5", "regularizers.brownian=0.2", "regularizers.brownian_sigma=3")
+    views = torch.randn(2, 8, 1, 28, 28, dtype=torch.float64)
+    terms = method(views, torch.Generator().manual_seed(7))
+    assert set(terms) == {"loss", "byol", "singular_value", "brownian"}
+    torch.manual_seed(1)  # BatchNorm in train mode: the same views give the same outputs
+    projections, predictions, targets = method.branches(views)
+    assert terms["byol"].item() == pytest.approx(byol_loss(predictions, targets).item(), rel=1e-12)
+    assert terms["singular_value"].item() == pytest.approx(singular_value_loss(projections).item(), rel=1e-12)
+    brownian = brownian_diffusive_loss(projections, sigma=3, generator=torch.Generator().manual_seed(7))
+    assert terms["brownian"].item() == pytest.approx(brownian.item(), rel=1e-12)
+    expected = terms["byol"] + 0.5 * terms["singular_value"] + 0.2 * terms["brownian"]
+    assert terms["loss"].item() == pytest.approx(expected.item(), rel=1e-12)
+
+
+def test_regularizers_attach_to_wmse_too():
+    method = tiny_method("method.name=wmse", "method.wmse.w_size=32", "optim.batch_size=32", "regularizers.singular_value=1", preset="fmnist-wmse2")
+    terms = method(torch.randn(2, 32, 1, 28, 28, dtype=torch.float64))
+    assert set(terms) == {"loss", "wmse", "singular_value"}
+    assert terms["loss"].item() == pytest.approx((terms["wmse"] + terms["singular_value"]).item(), rel=1e-12)
+
+
+@dataclass(frozen=True)
+class WeightNorm:
+    """A user's own regularizer on the weights: Σ‖W‖² of the online networks."""
+
+    consumes: ClassVar[tuple[str, ...]] = ("online",)
+
+    def __call__(self, *, online):
+        return sum(p.square().sum() for p in online.parameters())
+
+
+def test_a_weight_regularizer_sees_the_online_networks_and_never_the_target():
+    method = tiny_method()
+    method.attach("weight_norm", 1e-3, WeightNorm())
+    online = {id(p) for p in method.online_networks().parameters()}
+    assert online == {id(p) for m in (method.encoder, method.projector, method.predictor) for p in m.parameters()}
+    assert not online & {id(p) for p in method.target.parameters()}
+    terms = method(torch.randn(2, 8, 1, 28, 28, dtype=torch.float64))
+    expected = sum(p.square().sum() for p in method.online_networks().parameters())
+    assert terms["weight_norm"].item() == pytest.approx(expected.item())
+
+
+def test_attach_refuses_unknown_inputs_and_duplicate_names():
+    @dataclass(frozen=True)
+    class NeedsLabels:
+        consumes: ClassVar[tuple[str, ...]] = ("labels",)
+
+        def __call__(self, *, labels):
+            return labels
+
+    method = tiny_method("regularizers.singular_value=1")
+    with pytest.raises(ValueError, match="labels"):
+        method.attach("cheat", 1.0, NeedsLabels())
+    with pytest.raises(ValueError, match="already"):
+        method.attach("singular_value", 1.0, WeightNorm())
+
+
+def test_msbreg_is_the_centroid_loss_on_byols_branches():
+    for variant in ("per_view", "mean"):
+        method = tiny_method("method.name=msbreg", "augment.num_views=3", f"method.msbreg.centroid={variant}")
+        views = torch.randn(3, 8, 1, 28, 28, dtype=torch.float64)
+        terms = method(views)
+        torch.manual_seed(2)
+        _, predictions, targets = method.branches(views)
+        assert set(terms) == {"loss", "centroid"}
+        assert terms["centroid"].item() == pytest.approx(multiview_centroid_loss(predictions, targets, variant=variant).item(), rel=1e-12)
+
+
+def test_bad_regularizer_settings_are_refused_with_the_key():
+    with pytest.raises(UserError, match="regularizers.brownian must be >= 0"):
+        resolve_config("fmnist", ["regularizers.brownian=-1"])
+    with pytest.raises(UserError, match="unknown config key 'regularizers.singular'"):
+        resolve_config("fmnist", ["regularizers.singular=1"])
+    with pytest.raises(UserError, match="method.msbreg.centroid"):
+        resolve_config("fmnist-msbreg", ["method.msbreg.centroid=median"])
+
+
+@pytest.mark.parametrize("method", [
+    ["--preset", "fmnist-msbreg", "augment.num_views=3"],
+    ["regularizers.singular_value=1", "regularizers.brownian=0.1"],
+], ids=["msbreg", "byol+sv+bd"])
+def test_a_few_steps_from_the_command_line_log_each_term(tiny_data, tmp_path, capsys, method):
+    preset = method[:2] if method[0] == "--preset" else []
+    overrides = method[len(preset):]
+    argv = ["train", "--quiet", *preset, "--data-dir", str(tiny_data), *TINY_RUN, *overrides,
+            "optim.epochs=1", "optim.warmup_epochs=0", f"run.out_dir={tmp_path}", "run.name=r", "run.device=cpu"]
+    assert main(argv) == 0
+    records = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    logged = [r for r in records if "loss" in r]
+    names = {"centroid", "singular_value", "brownian"} if preset else {"byol", "singular_value", "brownian"}
+    assert logged and all(names <= r.keys() for r in logged)
+    assert "RankMe" in capsys.readouterr().out
