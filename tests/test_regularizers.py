@@ -127,3 +127,10 @@ def test_a_few_steps_from_the_command_line_log_each_term(tiny_data, tmp_path, ca
     names = {"centroid", "singular_value", "brownian"} if preset else {"byol", "singular_value", "brownian"}
     assert logged and all(names <= r.keys() for r in logged)
     assert "RankMe" in capsys.readouterr().out
+
+
+def test_a_regularizer_may_not_hide_one_of_the_methods_own_terms():
+    method = tiny_method()
+    method.attach("byol", 1.0, WeightNorm())
+    with pytest.raises(ValueError, match="own loss terms"):
+        method(torch.randn(2, 8, 1, 28, 28, dtype=torch.float64))

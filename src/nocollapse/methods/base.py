@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -50,9 +51,11 @@ class Method(nn.Module):
         """
         terms, embeddings = self.objective(views)
         loss = sum(terms.values())
-        inputs: dict[str, Any] = {"embeddings": embeddings, "online": self.online_networks(), "generator": generator}
+        provide: dict[str, Callable[[], Any]] = {"embeddings": lambda: embeddings, "online": self.online_networks, "generator": lambda: generator}
         for name, weight, regularizer in self.regularizers:
-            value = regularizer(**{key: inputs[key] for key in regularizer.consumes})
+            if name in terms:  # a regularizer named like one of the method's terms would hide it in the log
+                raise ValueError(f"regularizer {name!r} has the name of one of {type(self).__name__}'s own loss terms; attach it under another name")
+            value = regularizer(**{key: provide[key]() for key in regularizer.consumes})
             terms[name] = value
             loss = loss + weight * value
         return {"loss": loss, **terms}

@@ -12,7 +12,7 @@ class MSBReg(BYOL):
     """Online + EMA target + predictor as in :class:`BYOL`; loss :func:`~nocollapse.losses.msbreg.multiview_centroid_loss`.
 
     The paper's full objective ``L_MC + λ_SV L_SV + λ_BD L_BD`` is this method with the
-    ``singular_value`` and ``brownian`` regularizers attached (the ``*-msbreg`` presets set both);
+    ``singular_value`` and ``brownian`` regularizers attached (the ``fmnist-msbreg`` preset sets both);
     without them it is the multiview centroid loss alone, the ablation. M ≥ 2 views
     (``augment.num_views``); more views give a better centroid for the same batch.
 
