@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any
 
@@ -11,7 +12,7 @@ from torch import Tensor, nn
 from nocollapse.methods.regularizers import INPUTS, Regularizer
 
 
-class Method(nn.Module):
+class Method(nn.Module, ABC):
     """A self-supervised method: :meth:`objective` gives its loss terms and online projections;
     :meth:`forward` adds the attached regularizers and the total.
 
@@ -25,10 +26,10 @@ class Method(nn.Module):
         super().__init__()
         self.regularizers: list[tuple[str, float, Regularizer]] = []
 
+    @abstractmethod
     def objective(self, views: Tensor) -> tuple[dict[str, Tensor], Tensor]:
         """``(terms, embeddings)``: the method's own named loss terms (summed into the loss) and the
         (M, B, d) online projections of the (M, B, C, H, W) views, which regularizers see."""
-        raise NotImplementedError
 
     def online_networks(self) -> nn.Module:
         """The networks the optimiser trains (regularizers on weights see these, never a target)."""
