@@ -25,6 +25,9 @@ REGULARIZED = ["regularizers.singular_value=30", "regularizers.brownian=0.1"]
 CONFIGS: dict[str, tuple[str, list[str]]] = {
     "BYOL (fmnist)": ("fmnist", []),
     "BYOL + SV + BD": ("fmnist", REGULARIZED),
+    "BYOL + contrastive (byol+contrastive)": ("byol+contrastive", []),
+    "BYOL + uniformity (byol+uniformity)": ("byol+uniformity", []),
+    "BYOL + MHE (byol+mhe)": ("byol+mhe", []),
     "MSBReg, 4 views × 64 (fmnist-msbreg)": ("fmnist-msbreg", []),
     "MSBReg without SV, BD": ("fmnist-msbreg", ["regularizers.singular_value=0", "regularizers.brownian=0"]),
     "W-MSE 2 (fmnist-wmse2)": ("fmnist-wmse2", []),

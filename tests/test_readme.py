@@ -41,6 +41,13 @@ def test_the_msbreg_example_gives_each_term_and_gradients():
     assert terms["loss"].item() == pytest.approx((terms["wmse"] + 10 * terms["singular_value"] + 0.1 * terms["brownian"]).item(), rel=1e-5)
 
 
+def test_the_uniformity_example_gives_gradients_and_geometry(capsys):
+    namespace = run_example(3)
+    assert torch.isfinite(namespace["projections"].grad).all() and namespace["projector"].weight.grad.abs().sum() > 0
+    printed = capsys.readouterr().out
+    assert "RankMe" in printed and "align" in printed
+
+
 def test_ci_runs_the_readme_test_command():
     commands = [line for block in code_blocks("bash") for line in block.splitlines() if "pytest" in line]
     assert len(commands) == 1

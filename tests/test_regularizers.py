@@ -12,7 +12,9 @@ from conftest import TINY_RUN
 from nocollapse.cli import main
 from nocollapse.config import RegularizerConfig, field_comments, resolve_config
 from nocollapse.errors import UserError
+from nocollapse.losses import alignment_loss, info_nce_loss, uniformity_loss
 from nocollapse.losses.byol import byol_loss
+from nocollapse.losses.energy import hyperspherical_energy
 from nocollapse.losses.msbreg import brownian_diffusive_loss, multiview_centroid_loss, singular_value_loss
 from nocollapse.methods import REGULARIZERS, build_method
 from nocollapse.methods.regularizers import INPUTS
@@ -115,7 +117,8 @@ def test_bad_regularizer_settings_are_refused_with_the_key():
 @pytest.mark.parametrize("method", [
     ["--preset", "fmnist-msbreg", "augment.num_views=3"],
     ["regularizers.singular_value=1", "regularizers.brownian=0.1"],
-], ids=["msbreg", "byol+sv+bd"])
+    ["--preset", "byol+mhe", "regularizers.contrastive=0.1", "regularizers.uniformity=0.1"],
+], ids=["msbreg", "byol+sv+bd", "byol+mhe+contrastive+uniformity"])
 def test_a_few_steps_from_the_command_line_log_each_term(tiny_data, tmp_path, capsys, method):
     preset = method[:2] if method[0] == "--preset" else []
     overrides = method[len(preset):]
@@ -124,7 +127,8 @@ def test_a_few_steps_from_the_command_line_log_each_term(tiny_data, tmp_path, ca
     assert main(argv) == 0
     records = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
     logged = [r for r in records if "loss" in r]
-    names = {"centroid", "singular_value", "brownian"} if preset else {"byol", "singular_value", "brownian"}
+    names = {"fmnist-msbreg": {"centroid", "singular_value", "brownian"}, "byol+mhe": {"byol", "mhe", "contrastive", "uniformity"}}.get(
+        preset[1] if preset else "", {"byol", "singular_value", "brownian"})
     assert logged and all(names <= r.keys() for r in logged)
     assert "RankMe" in capsys.readouterr().out
 
@@ -134,3 +138,55 @@ def test_a_regularizer_may_not_hide_one_of_the_methods_own_terms():
     method.attach("byol", 1.0, WeightNorm())
     with pytest.raises(ValueError, match="own loss terms"):
         method(torch.randn(2, 8, 1, 28, 28, dtype=torch.float64))
+
+
+def test_contrastive_uniformity_and_alignment_terms_are_the_losses_of_the_online_projections():
+    method = tiny_method("regularizers.contrastive=0.5", "regularizers.contrastive_temperature=0.3", "regularizers.uniformity=0.25",
+                         "regularizers.uniformity_t=1.5", "regularizers.alignment=2")
+    views = torch.randn(2, 8, 1, 28, 28, dtype=torch.float64)
+    terms = method(views)
+    torch.manual_seed(1)
+    projections, _, _ = method.branches(views)
+    assert terms["contrastive"].item() == pytest.approx(info_nce_loss(projections, temperature=0.3).item(), rel=1e-12)
+    assert terms["uniformity"].item() == pytest.approx(uniformity_loss(projections, t=1.5).item(), rel=1e-12)
+    assert terms["alignment"].item() == pytest.approx(alignment_loss(projections).item(), rel=1e-12)
+    expected = terms["byol"] + 0.5 * terms["contrastive"] + 0.25 * terms["uniformity"] + 2 * terms["alignment"]
+    assert terms["loss"].item() == pytest.approx(expected.item(), rel=1e-12)
+
+
+def test_mhe_sums_the_energy_of_every_online_conv_and_linear_layer_and_never_touches_the_target():
+    method = tiny_method("regularizers.mhe=1", "regularizers.mhe_power=1", "regularizers.mhe_distance=angular", "regularizers.mhe_half_space=true")
+    layers = [m.weight for net in (method.encoder, method.projector, method.predictor) for m in net.modules()
+              if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    assert len(layers) == 2 + 2 + 2  # two conv stages, two linear layers in each head
+    expected = sum(hyperspherical_energy(w, power=1, distance="angular", half_space=True) for w in layers)
+    terms = method(torch.randn(2, 8, 1, 28, 28, dtype=torch.float64))
+    assert terms["mhe"].item() == pytest.approx(expected.item(), rel=1e-12)
+    with torch.no_grad():
+        for p in method.target.parameters():
+            p.mul_(-3.0)
+    assert method(torch.randn(2, 8, 1, 28, 28, dtype=torch.float64))["mhe"].item() == pytest.approx(expected.item(), rel=1e-12)
+    terms["mhe"].backward()
+    assert all(w.grad is not None and w.grad.abs().sum() > 0 for w in layers)
+    assert all(p.grad is None for p in method.target.parameters())
+
+
+def test_the_uniformity_presets_are_the_default_byol_run_plus_one_term():
+    base = resolve_config("fmnist").to_dict()
+    for term in ("contrastive", "uniformity", "mhe"):
+        config = resolve_config(f"byol+{term}")
+        assert config.method.name == "byol" and getattr(config.regularizers, term) > 0
+        others = {name for name, weight in dataclasses.asdict(config.regularizers).items()
+                  if name in REGULARIZERS and name != term and weight != 0}
+        assert not others
+        differing = {key for key, value in config.to_dict().items() if key not in ("preset", "regularizers") and value != base[key]}
+        assert not differing, f"byol+{term} changes {differing} besides its regularizer: the comparison would not be like for like"
+
+
+def test_bad_uniformity_settings_are_refused_with_the_key():
+    with pytest.raises(UserError, match="regularizers.contrastive_temperature"):
+        resolve_config("fmnist", ["regularizers.contrastive_temperature=0"])
+    with pytest.raises(UserError, match="regularizers.mhe_power=3"):
+        resolve_config("fmnist", ["regularizers.mhe_power=3"])
+    with pytest.raises(UserError, match="regularizers.mhe_distance"):
+        resolve_config("fmnist", ["regularizers.mhe_distance=geodesic"])

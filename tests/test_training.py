@@ -94,10 +94,11 @@ def test_cli_train_then_eval_prints_the_table_with_baselines(tiny_data, tmp_path
     args = ["train", "--quiet", "--data-dir", str(tiny_data), *TINY_RUN, f"run.out_dir={tmp_path}", "run.name=cli", "run.device=cpu"]
     assert main(args) == 0
     out = capsys.readouterr().out
-    for row in ("raw pixels", "random convnet", "byol convnet", "kNN k=5", "kNN k=20", "linear top1"):
+    for row in ("raw pixels", "random convnet", "byol convnet", "kNN k=5", "kNN k=20", "linear top1", "geometry of test embeddings", "byol projections"):
         assert row in out, row
     saved = json.loads((tmp_path / "cli" / "eval.json").read_text())
     assert [r["name"] for r in saved["rows"]] == ["raw pixels", "random convnet", "byol convnet"]
+    assert [r["name"] for r in saved["projections"]] == ["random byol projections", "byol projections"]
     assert all(0 <= r["knn"]["5"] <= 1 for r in saved["rows"])
 
     assert main(["eval", str(tmp_path / "cli"), "eval.knn_k=3", "eval.linear_probe=false", "eval.baselines=false"]) == 0

@@ -69,6 +69,15 @@ class RegularizerConfig:
     singular_value_target: str = "uniform"  # uniform: eigenvalues pulled to 1/d, the uniform law's (resists shrinking) | mean: to their mean (SPEC §3; lets the batch shrink to a point)
     brownian: float = 0.0  # weight λ_BD of the Brownian diffusive loss on the online projections (a random kick per embedding; 0: off)
     brownian_sigma: float = 1.0  # σ of the Brownian noise N(0, σ²I); only σ·λ_BD matters for the gradient
+    contrastive: float = 0.0  # weight of InfoNCE/NT-Xent on the online projections (negatives from the batch; 0: off)
+    contrastive_temperature: float = 0.2  # InfoNCE temperature T (0.1–0.5; lower: sharper, harder negatives)
+    uniformity: float = 0.0  # weight of the uniformity loss log mean exp(−t‖ẑᵢ−ẑⱼ‖²) on the online projections (0: off)
+    uniformity_t: float = 2.0  # t of the uniformity loss (Wang & Isola use 2)
+    alignment: float = 0.0  # weight of the alignment loss mean ‖ẑ−ẑ⁺‖² between views' online projections (0: off; BYOL already aligns)
+    mhe: float = 0.0  # weight of the hyperspherical energy of every conv/linear layer's neurons in the online networks (0: off)
+    mhe_power: int = 2  # MHE energy: 0 (−log d²), 1 (1/d), 2 (1/d²); higher punishes near neighbours harder
+    mhe_distance: str = "euclidean"  # MHE distance between neurons: euclidean (chord) | angular (angle/π)
+    mhe_half_space: bool = False  # MHE also counts each neuron's negative (a neuron and −neuron span the same hyperplane)
 
 
 @dataclass
@@ -184,6 +193,11 @@ PRESETS: dict[str, dict[str, Any]] = {
     # the same 1872 steps of 256 views are 2 epochs; views alternate BYOL's blur/solarize settings.
     "fmnist-msbreg": {**FMNIST_BYOL, **MSBREG_REGULARIZERS, "method.name": "msbreg", "augment.num_views": 4,
                       "optim.batch_size": 64, "optim.epochs": 2, "optim.warmup_epochs": 0.5},
+    # BYOL + uniformity (SPEC §5, Durrant & Leontidis): the default run plus one term that spreads it over
+    # the sphere; weights from 1-epoch pilots (docs/recipe.md), the paper's were not available.
+    "byol+contrastive": {**FMNIST_BYOL, "regularizers.contrastive": 0.1},
+    "byol+uniformity": {**FMNIST_BYOL, "regularizers.uniformity": 0.1},
+    "byol+mhe": {**FMNIST_BYOL, "regularizers.mhe": 10.0},
     "fmnist-wmse4": {**FMNIST_WMSE, "augment.num_views": 4, "optim.epochs": 3, "optim.batch_size": 64, "method.wmse.w_size": 64, "model.projection_dim": 32},
     "cifar10": {**CIFAR_BYOL, "data.dataset": "cifar10", "augment.mean": CIFAR10_STATS["mean"], "augment.std": CIFAR10_STATS["std"]},
     "cifar100": {**CIFAR_BYOL, "data.dataset": "cifar100", "augment.mean": CIFAR100_STATS["mean"], "augment.std": CIFAR100_STATS["std"]},
@@ -202,6 +216,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "method.name": ("byol", "wmse", "msbreg"),
     "method.msbreg.centroid": ("per_view", "mean"),
     "regularizers.singular_value_target": ("mean", "uniform"),
+    "regularizers.mhe_distance": ("euclidean", "angular"),
     "optim.schedule": ("cosine", "step"),
     "optim.name": ("lars", "adamw", "adam", "sgd"),
     "optim.lars_trust": ("update", "grad_plus_decay"),
@@ -316,6 +331,10 @@ def validate(config: Config) -> None:
     require(all(0 < f <= 1 for f in o.lr_decay_at) and 0 < o.lr_decay_factor <= 1, f"optim.lr_decay_at must be fractions in (0, 1] and optim.lr_decay_factor in (0, 1], got {o.lr_decay_at}, {o.lr_decay_factor}")
     for name, weight in dataclasses.asdict(config.regularizers).items():
         require(not isinstance(weight, float) or weight >= 0, f"regularizers.{name} must be >= 0, got {weight}")
+    reg = config.regularizers
+    require(reg.contrastive_temperature > 0 and reg.uniformity_t > 0,
+            f"regularizers.contrastive_temperature and regularizers.uniformity_t must be positive, got {reg.contrastive_temperature}, {reg.uniformity_t}")
+    require(reg.mhe_power in (0, 1, 2), f"regularizers.mhe_power={reg.mhe_power} is not one of: 0, 1, 2")
     if m.name == "wmse":
         w = m.wmse
         require(w.w_iter >= 1 and 0 <= w.eps < 1, f"method.wmse.w_iter must be >= 1 and method.wmse.eps in [0, 1), got {w.w_iter}, {w.eps}")

@@ -1,4 +1,5 @@
-"""The evaluation table: kNN and linear-probe accuracy of representations, baselines beside them."""
+"""The evaluation tables: kNN and linear-probe accuracy of representations, baselines beside them,
+and the geometry of their test embeddings."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from dataclasses import dataclass, field
 
 from torch import Tensor
 
-from nocollapse.eval.geometry import rankme
+from nocollapse.eval.geometry import GeometryScores, geometry_scores
 from nocollapse.eval.knn import knn_accuracies
 from nocollapse.eval.linear import linear_probe
 
@@ -16,8 +17,8 @@ from nocollapse.eval.linear import linear_probe
 @dataclass
 class RepresentationScores:
     """Accuracies (in [0, 1]) of one representation: cosine kNN by k, Euclidean kNN by k (the W-MSE
-    protocol; empty unless asked for), linear probe (empty when skipped); and the RankMe of its
-    test features (how many directions it uses, up to ``dim``)."""
+    protocol; empty unless asked for), linear probe (empty when skipped); and the geometry of its
+    test features (:class:`~nocollapse.eval.geometry.GeometryScores`)."""
 
     name: str
     dim: int
@@ -25,12 +26,13 @@ class RepresentationScores:
     linear: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
     knn_euclidean: dict[int, float] = field(default_factory=dict)
-    rankme: float | None = None
+    geometry: GeometryScores | None = None
 
     def to_dict(self) -> dict:
+        geometry = self.geometry.to_dict() if self.geometry else None
         return {"name": self.name, "dim": self.dim, "knn": {str(k): v for k, v in self.knn.items()},
                 "knn_euclidean": {str(k): v for k, v in self.knn_euclidean.items()}, "linear": self.linear,
-                "rankme": self.rankme, "seconds": round(self.seconds, 2)}
+                "geometry": geometry, "seconds": round(self.seconds, 2)}
 
 
 def score_features(
@@ -47,10 +49,12 @@ def score_features(
     probe: bool = True,
     probe_epochs: int = 30,
     seed: int = 0,
+    test_views: Tensor | None = None,
 ) -> RepresentationScores:
     """kNN (cosine, exp(s/T)-weighted) for each k in ``knn_k``; Euclidean, unweighted kNN (W-MSE's
     protocol, k = 5 there) for each k in ``knn_euclidean_k``; if ``probe``, a linear probe; and the
-    RankMe of the test features."""
+    geometry of the test features, with alignment when ``test_views`` (M, B, D) holds the features
+    of M augmented views of B test images (:func:`~nocollapse.eval.geometry.geometry_scores`)."""
     started = time.perf_counter()
     device = train_features.device
     knn = knn_accuracies(
@@ -71,7 +75,8 @@ def score_features(
         )
         if num_classes <= 10:  # top-5 of 10 classes says little; report it where classes > 10 (SPEC §6)
             linear.pop("top5", None)
-    return RepresentationScores(name, train_features.shape[1], knn, linear, time.perf_counter() - started, knn_euclidean, rankme(test_features))
+    geometry = geometry_scores(test_features, test_labels, views=test_views)
+    return RepresentationScores(name, train_features.shape[1], knn, linear, time.perf_counter() - started, knn_euclidean, geometry)
 
 
 def format_table(rows: Sequence[RepresentationScores], *, title: str = "") -> str:
@@ -80,10 +85,23 @@ def format_table(rows: Sequence[RepresentationScores], *, title: str = "") -> st
     euclidean_ks = sorted({k for row in rows for k in row.knn_euclidean})
     probes = sorted({key for row in rows for key in row.linear})
     header = (["representation", "dim"] + [f"kNN k={k}" for k in ks] + [f"kNN-euclid k={k}" for k in euclidean_ks]
-              + [f"linear {p}" for p in probes] + ["RankMe"])
+              + [f"linear {p}" for p in probes])
     cell = lambda scores, key: f"{100 * scores[key]:.2f}" if key in scores else "-"
     lines = [[row.name, str(row.dim)] + [cell(row.knn, k) for k in ks] + [cell(row.knn_euclidean, k) for k in euclidean_ks]
-             + [cell(row.linear, p) for p in probes] + ["-" if row.rankme is None else f"{row.rankme:.1f}"] for row in rows]
+             + [cell(row.linear, p) for p in probes] for row in rows]
+    return _render(header, lines, title)
+
+
+def format_geometry_table(rows: Sequence[tuple[str, GeometryScores]], *, title: str = "") -> str:
+    """A plain-text table of (name, geometry) rows: dim, alignment, uniformity, RankMe, separability, std."""
+    header = ["representation", "dim", "alignment", "uniformity", "RankMe", "separability", "std"]
+    lines = [[name, str(g.dim), "-" if g.alignment is None else f"{g.alignment:.3f}", f"{g.uniformity:.3f}", f"{g.rankme:.1f}",
+              f"{g.separability:.3f}", f"{g.std:.4f}"] for name, g in rows]
+    return _render(header, lines, title)
+
+
+def _render(header: list[str], lines: list[list[str]], title: str) -> str:
+    """Columns padded to their widest cell: the first left-aligned, numbers right-aligned; a rule under the header."""
     widths = [max(len(cell) for cell in column) for column in zip(header, *lines)]
 
     def render(cells: list[str]) -> str:

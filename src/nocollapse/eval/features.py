@@ -1,19 +1,54 @@
-"""Frozen features of an encoder, or of raw pixels, for kNN and linear probes."""
+"""Frozen features of an encoder (or of a method's projections), or of raw pixels, for evaluation."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
 
+from nocollapse.augment.views import AugmentConfig, ViewGenerator
 
-def normalize_images(images: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
-    """uint8 (B, C, H, W) → float32 in [0, 1], then per-channel standardised when mean/std are given."""
-    x = images.float().div_(255)
+ALIGNMENT_IMAGES = 2048  # test images whose augmented views give the positive pairs of the alignment score
+ALIGNMENT_SEED = 0  # fixed, not the run's seed: every run is measured on the same views of the same images
+
+
+def standardize(x: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
+    """(B, C, H, W) floats per-channel standardised, ``(x − mean)/std``; unchanged when ``mean`` is empty."""
     if mean:
         x = (x - torch.tensor(mean, device=x.device).view(1, -1, 1, 1)) / torch.tensor(std, device=x.device).view(1, -1, 1, 1)
     return x
+
+
+def normalize_images(images: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
+    """uint8 (B, C, H, W) → float32 in [0, 1], then per-channel standardised when mean/std are given."""
+    return standardize(images.float().div_(255), mean, std)
+
+
+def _eval_outputs(
+    network: nn.Module,
+    batches: Iterator[Tensor],
+    forward: Callable[[Tensor], Tensor] | None,
+    device: torch.device,
+    channels_last: bool,
+    amp: bool,
+) -> Tensor:
+    """``forward(x)`` (default ``network(x)``) of each standardised batch, float32, with ``network`` in
+    eval mode; its train/eval mode is restored afterwards, also when the forward fails."""
+    forward = forward or network
+    was_training = network.training
+    network.eval()
+    try:
+        chunks = []
+        for x in batches:
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
+                chunks.append(forward(x).float())
+    finally:
+        network.train(was_training)
+    return torch.cat(chunks)
 
 
 @torch.no_grad()
@@ -27,24 +62,61 @@ def encoder_features(
     device: torch.device | str | None = None,
     channels_last: bool = False,
     amp: bool = True,
+    forward: Callable[[Tensor], Tensor] | None = None,
 ) -> Tensor:
     """(N, D) float32 features of uint8 ``images`` from ``encoder`` in eval mode, no augmentation.
 
-    On CUDA the forward pass runs under bf16 autocast when ``amp``. The encoder's train/eval mode is restored afterwards. Features come back on ``device`` (default:
-    the encoder's device); images move there one batch at a time, so the dataset may stay on the CPU.
+    On CUDA the forward pass runs under bf16 autocast when ``amp``. The encoder's train/eval mode is
+    restored afterwards. Features come back on ``device`` (default: the encoder's device); images move
+    there one batch at a time, so the dataset may stay on the CPU. ``forward`` replaces
+    ``encoder(x)``: ``encoder_features(method, images, forward=method.embed)`` gives the projections.
     """
     device = torch.device(device) if device is not None else next(encoder.parameters()).device
-    was_training = encoder.training
-    encoder.eval()
-    chunks = []
-    for start in range(0, images.shape[0], batch_size):
-        x = normalize_images(images[start : start + batch_size].to(device, non_blocking=True), mean, std)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
-            chunks.append(encoder(x).float())
-    encoder.train(was_training)
-    return torch.cat(chunks)
+    batches = (normalize_images(images[start : start + batch_size].to(device, non_blocking=True), mean, std)
+               for start in range(0, images.shape[0], batch_size))
+    return _eval_outputs(encoder, batches, forward, device, channels_last, amp)
+
+
+@torch.no_grad()
+def view_features(
+    encoder: nn.Module,
+    views: Tensor,
+    *,
+    mean: Sequence[float] = (),
+    std: Sequence[float] = (),
+    batch_size: int = 1024,
+    channels_last: bool = False,
+    amp: bool = True,
+    forward: Callable[[Tensor], Tensor] | None = None,
+) -> Tensor:
+    """(M, B, D) float32 features of (M, B, C, H, W) views in [0, 1] (:func:`positive_views`), as
+    :func:`encoder_features` computes them (eval mode, standardised with ``mean``/``std``), on the
+    views' device."""
+    num_views, count = views.shape[:2]
+    flat = views.flatten(0, 1)  # (M·B, C, H, W); eval-mode BatchNorm does not mix samples, so batches may span views
+    batches = (standardize(flat[start : start + batch_size], mean, std) for start in range(0, flat.shape[0], batch_size))
+    return _eval_outputs(encoder, batches, forward, views.device, channels_last, amp).view(num_views, count, -1)
+
+
+def positive_views(
+    images: Tensor,
+    augment: AugmentConfig,
+    *,
+    count: int = ALIGNMENT_IMAGES,
+    seed: int = ALIGNMENT_SEED,
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """(M, B, C, S, S) float32 views in [0, 1] of B = min(``count``, N) of the uint8 (N, C, H, W) ``images``.
+
+    The run's own augmentation (M = ``augment.num_views``) without its standardisation, so that raw
+    pixels can be scored on the same views (:func:`standardize` them for a network). The images (a
+    random subset: test sets may be sorted by class) and every augmentation draw follow from ``seed``:
+    the same call gives the same views, on ``device`` (default: the images').
+    """
+    device = torch.device(device) if device is not None else images.device
+    subset = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(seed))[:count]
+    make_views = ViewGenerator(dataclasses.replace(augment, mean=(), std=()))
+    return make_views(images[subset].to(device), torch.Generator(device=device).manual_seed(seed))
 
 
 def pixel_features(images: Tensor) -> Tensor:

@@ -16,8 +16,9 @@ class Method(nn.Module, ABC):
     """A self-supervised method: :meth:`objective` gives its loss terms and online projections;
     :meth:`forward` adds the attached regularizers and the total.
 
-    Subclasses set ``encoder`` (what evaluation uses) and implement :meth:`objective`; methods with an
-    EMA target also implement ``update_target(momentum)`` and override :meth:`online_networks`.
+    Subclasses set ``encoder`` (what evaluation uses) and implement :meth:`objective` and :meth:`embed`;
+    methods with an EMA target also implement ``update_target(momentum)`` and override
+    :meth:`online_networks`.
     """
 
     encoder: nn.Module
@@ -30,6 +31,12 @@ class Method(nn.Module, ABC):
     def objective(self, views: Tensor) -> tuple[dict[str, Tensor], Tensor]:
         """``(terms, embeddings)``: the method's own named loss terms (summed into the loss) and the
         (M, B, d) online projections of the (M, B, C, H, W) views, which regularizers see."""
+
+    @abstractmethod
+    def embed(self, images: Tensor) -> Tensor:
+        """(B, d) online projections of a (B, C, H, W) batch: where the loss terms act.
+
+        Evaluation measures their geometry beside the encoder's; the caller picks train or eval mode."""
 
     def online_networks(self) -> nn.Module:
         """The networks the optimiser trains (regularizers on weights see these, never a target)."""

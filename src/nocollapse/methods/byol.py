@@ -48,6 +48,9 @@ class BYOL(Method):
         projections, predictions, targets = self.branches(views)
         return {"byol": byol_loss(predictions, targets)}, projections
 
+    def embed(self, images: Tensor) -> Tensor:
+        return self.projector(self.encoder(images))
+
     def online_networks(self) -> nn.Module:
         return nn.ModuleList([self.encoder, self.projector, self.predictor])
 

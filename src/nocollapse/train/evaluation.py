@@ -10,11 +10,13 @@ import torch
 from nocollapse.config import Config
 from nocollapse.data import ImageDataset, load_dataset
 from nocollapse.errors import UserError
-from nocollapse.eval.evaluate import RepresentationScores, format_table, score_features
-from nocollapse.eval.features import encoder_features, pixel_features
+from nocollapse.eval.evaluate import RepresentationScores, format_geometry_table, format_table, score_features
+from nocollapse.eval.features import encoder_features, pixel_features, positive_views, view_features
+from nocollapse.eval.geometry import UNIFORMITY_SAMPLES, GeometryScores, geometry_scores
+from nocollapse.methods import Method, build_method
 from nocollapse.nn.backbones import build_backbone
-from nocollapse.train.checkpoint import save_json
-from nocollapse.train.loop import load_run_config, select_device
+from nocollapse.train.checkpoint import load_checkpoint, save_json
+from nocollapse.train.loop import CHECKPOINT, load_run_config, select_device
 
 EVAL_FILE = "eval.json"
 
@@ -32,7 +34,11 @@ def evaluate_run(
     ``eval.baselines``, raw pixels and the randomly initialised encoder; print and save ``eval.json``.
 
     The random encoder is the run's own initialisation (same seed, same architecture), so the gap
-    between the two rows is exactly what training added.
+    between the two rows is exactly what training added. A second table gives the geometry of each
+    row's test embeddings and of the projections (the projection head's output, where the method's
+    loss and regularizers act) of the trained method, from ``checkpoint.pt`` (skipped, with a note,
+    when the run has none), and with the baselines of the method at initialisation. ``eval.json``
+    holds ``rows`` (accuracies and ``geometry``) and ``projections`` (``name``, ``dim``, ``geometry``).
     """
     config = config or load_run_config(run_dir)
     weights = run_dir / "encoder.pt"
@@ -43,34 +49,62 @@ def evaluate_run(
     test_set = test_set or load_dataset(config.data.dataset, "test", config.data.data_dir)
     e = config.eval
     classes = len(train_set.classes)
+    in_channels = train_set.images.shape[1]
+    # Positive pairs for alignment, in [0, 1]: the same views for every row, flattened for raw pixels.
+    views = positive_views(test_set.images, config.augment, device=device_)
+    forward_settings = {"mean": config.augment.mean, "std": config.augment.std, "amp": config.run.amp}
 
-    def score(name: str, train_features: torch.Tensor, test_features: torch.Tensor) -> RepresentationScores:
+    def score(name: str, train_features: torch.Tensor, test_features: torch.Tensor, test_views: torch.Tensor) -> RepresentationScores:
         row = score_features(name, train_features, train_set.labels, test_features, test_set.labels, num_classes=classes,
-                             knn_k=e.knn_k, knn_temperature=e.knn_temperature, knn_euclidean_k=e.knn_euclidean_k, probe=e.linear_probe, probe_epochs=e.probe_epochs, seed=config.run.seed)
+                             knn_k=e.knn_k, knn_temperature=e.knn_temperature, knn_euclidean_k=e.knn_euclidean_k, probe=e.linear_probe,
+                             probe_epochs=e.probe_epochs, seed=config.run.seed, test_views=test_views)
         log(f"  scored {name} in {row.seconds:.1f}s")
         return row
 
     def encoder_rows(name: str, encoder: torch.nn.Module) -> RepresentationScores:
         encoder.to(device_)
-        features = lambda images: encoder_features(encoder, images, mean=config.augment.mean, std=config.augment.std, device=device_, amp=config.run.amp)
-        return score(name, features(train_set.images), features(test_set.images))
+        features = lambda images: encoder_features(encoder, images, device=device_, **forward_settings)
+        return score(name, features(train_set.images), features(test_set.images), view_features(encoder, views, **forward_settings))
+
+    def projection_row(name: str, method: Method) -> tuple[str, GeometryScores]:
+        method.to(device_)
+        projections = encoder_features(method, test_set.images, device=device_, forward=method.embed, **forward_settings)
+        view_projections = view_features(method, views, forward=method.embed, **forward_settings)
+        return name, geometry_scores(projections, test_set.labels, views=view_projections)
 
     model = config.model
-    make_encoder = lambda: build_backbone(model.backbone, in_channels=train_set.images.shape[1], widths=model.widths, depth=model.depth, stem=model.stem)
-    rows = []
+    rows, projection_rows = [], []
     if e.baselines:
-        rows.append(score("raw pixels", pixel_features(train_set.images).to(device_), pixel_features(test_set.images).to(device_)))
-        # The trained run's encoder started from exactly this initialisation: methods build the encoder first.
+        rows.append(score("raw pixels", pixel_features(train_set.images).to(device_), pixel_features(test_set.images).to(device_), views.flatten(2)))
+        # The trained run started from exactly this initialisation: training seeds the RNG, then builds the method.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.run.seed)
-            rows.append(encoder_rows(f"random {model.backbone}", make_encoder()))
-    trained = make_encoder()
+            initial = build_method(config, in_channels)
+        rows.append(encoder_rows(f"random {model.backbone}", initial.encoder))
+        projection_rows.append(projection_row(f"random {config.method.name} projections", initial))
+    trained = build_backbone(model.backbone, in_channels=in_channels, widths=model.widths, depth=model.depth, stem=model.stem)
     try:
         trained.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     except Exception as error:
         raise UserError(f"cannot load {weights} ({type(error).__name__}: {error}); the file is damaged or from another architecture") from None
     rows.append(encoder_rows(f"{config.method.name} {config.model.backbone}", trained))
+    checkpoint = run_dir / CHECKPOINT
+    if checkpoint.is_file():
+        method = build_method(config, in_channels)
+        try:
+            method.load_state_dict(load_checkpoint(checkpoint)["method"])
+        except (KeyError, RuntimeError) as error:
+            raise UserError(f"cannot load the method from {checkpoint} ({type(error).__name__}: {error}); "
+                            "the file is damaged or from another configuration") from None
+        projection_rows.append(projection_row(f"{config.method.name} projections", method))
+    else:
+        log(f"  no {CHECKPOINT} in {run_dir}: the projections of the trained method are not scored")
 
     log(format_table(rows, title=f"{config.data.dataset} test split, top-1 accuracy (%)"))
-    save_json(run_dir / EVAL_FILE, {"dataset": config.data.dataset, "rows": [row.to_dict() for row in rows]})
+    tested = len(test_set)
+    log(format_geometry_table([(row.name, row.geometry) for row in rows] + projection_rows,
+                              title=f"{config.data.dataset} test split, geometry of test embeddings (alignment: {views.shape[1]} images × "
+                                    f"{views.shape[0]} views; uniformity: {min(tested, UNIFORMITY_SAMPLES)} of {tested} images)"))
+    save_json(run_dir / EVAL_FILE, {"dataset": config.data.dataset, "rows": [row.to_dict() for row in rows],
+                                    "projections": [{"name": name, "dim": g.dim, "geometry": g.to_dict()} for name, g in projection_rows]})
     return rows

@@ -13,12 +13,18 @@ from collections.abc import Callable
 from nocollapse.config import RegularizerConfig
 from nocollapse.methods.regularizers.base import INPUTS, Regularizer
 from nocollapse.methods.regularizers.brownian import Brownian
+from nocollapse.methods.regularizers.energy import HypersphericalEnergy
 from nocollapse.methods.regularizers.singular_value import SingularValue
+from nocollapse.methods.regularizers.uniformity import Alignment, Contrastive, Uniformity
 
 # name (= its weight's field in RegularizerConfig) → builder from the config section
 REGULARIZERS: dict[str, Callable[[RegularizerConfig], Regularizer]] = {
     "singular_value": lambda config: SingularValue(target=config.singular_value_target),
     "brownian": lambda config: Brownian(sigma=config.brownian_sigma),
+    "contrastive": lambda config: Contrastive(temperature=config.contrastive_temperature),
+    "uniformity": lambda config: Uniformity(t=config.uniformity_t),
+    "alignment": lambda config: Alignment(),
+    "mhe": lambda config: HypersphericalEnergy(power=config.mhe_power, distance=config.mhe_distance, half_space=config.mhe_half_space),
 }
 
 
@@ -27,4 +33,7 @@ def build_regularizers(config: RegularizerConfig) -> list[tuple[str, float, Regu
     return [(name, getattr(config, name), build(config)) for name, build in REGULARIZERS.items() if getattr(config, name) != 0]
 
 
-__all__ = ["INPUTS", "REGULARIZERS", "Brownian", "Regularizer", "SingularValue", "build_regularizers"]
+__all__ = [
+    "INPUTS", "REGULARIZERS", "Alignment", "Brownian", "Contrastive", "HypersphericalEnergy", "Regularizer", "SingularValue",
+    "Uniformity", "build_regularizers",
+]
