@@ -195,9 +195,9 @@ PRESETS: dict[str, dict[str, Any]] = {
                       "optim.batch_size": 64, "optim.epochs": 2, "optim.warmup_epochs": 0.5},
     # BYOL + uniformity (SPEC §5, Durrant & Leontidis): the default run plus one term that spreads it over
     # the sphere; weights from 1-epoch pilots (docs/recipe.md), the paper's were not available.
-    "byol+contrastive": {**FMNIST_BYOL, "regularizers.contrastive": 0.1},
-    "byol+uniformity": {**FMNIST_BYOL, "regularizers.uniformity": 0.1},
-    "byol+mhe": {**FMNIST_BYOL, "regularizers.mhe": 10.0},
+    "byol+contrastive": {**FMNIST_BYOL, "regularizers.contrastive": 1.0},
+    "byol+uniformity": {**FMNIST_BYOL, "regularizers.uniformity": 1.0},
+    "byol+mhe": {**FMNIST_BYOL, "regularizers.mhe": 100.0},
     "fmnist-wmse4": {**FMNIST_WMSE, "augment.num_views": 4, "optim.epochs": 3, "optim.batch_size": 64, "method.wmse.w_size": 64, "model.projection_dim": 32},
     "cifar10": {**CIFAR_BYOL, "data.dataset": "cifar10", "augment.mean": CIFAR10_STATS["mean"], "augment.std": CIFAR10_STATS["std"]},
     "cifar100": {**CIFAR_BYOL, "data.dataset": "cifar100", "augment.mean": CIFAR100_STATS["mean"], "augment.std": CIFAR100_STATS["std"]},
