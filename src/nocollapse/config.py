@@ -56,11 +56,19 @@ class MSBRegConfig:
 
 
 @dataclass
+class SFRIKConfig:
+    invariance: float = 2500.0  # λ_inv on the MSE between the normalised views (mean over N·q elements); the paper's 40000 at q=32768 is ≈1.2·q, kept at that ratio for q=2048
+    mmd: float = 1.0  # λ_mmd on the kernel uniformity Ψ (mean over the views)
+    kernel_weights: tuple[float, ...] = (1.0, 40.0, 40.0)  # b_1, b_2, b_3, ... ≥ 0 of φ = Σ b_ℓ P_ℓ (Gegenbauer, dimension q); the paper's (1, 40, 40)
+
+
+@dataclass
 class MethodConfig:
-    name: str = "byol"  # byol | wmse | msbreg (views from augment.num_views: 2 for W-MSE 2, 4 for W-MSE 4; MSBReg M ≥ 2)
+    name: str = "byol"  # byol | wmse | msbreg | sfrik (views from augment.num_views: 2 for W-MSE 2, 4 for W-MSE 4; MSBReg M ≥ 2)
     byol: BYOLConfig = field(default_factory=BYOLConfig)  # read when name=byol or msbreg (the EMA target)
     wmse: WMSEConfig = field(default_factory=WMSEConfig)  # read when name=wmse
     msbreg: MSBRegConfig = field(default_factory=MSBRegConfig)  # read when name=msbreg; its SV and BD terms are regularizers.*
+    sfrik: SFRIKConfig = field(default_factory=SFRIKConfig)  # read when name=sfrik; q is model.projection_dim
 
 
 @dataclass
@@ -74,6 +82,8 @@ class RegularizerConfig:
     uniformity: float = 0.0  # weight of the uniformity loss log mean exp(−t‖ẑᵢ−ẑⱼ‖²) on the online projections (0: off)
     uniformity_t: float = 2.0  # t of the uniformity loss (Wang & Isola use 2)
     alignment: float = 0.0  # weight of the alignment loss mean ‖ẑ−ẑ⁺‖² between views' online projections (0: off; BYOL already aligns)
+    kernel_uniformity: float = 0.0  # weight of the kernel uniformity Ψ (MMD² to the uniform law on the sphere, SFRIK's term) of the online projections (0: off)
+    kernel_weights: tuple[float, ...] = (1.0, 40.0, 40.0)  # b_1, b_2, ... ≥ 0 of the kernel φ = Σ b_ℓ P_ℓ: b_1 centres, b_2 whitens, b_3 spreads further
     mhe: float = 0.0  # weight of the hyperspherical energy of every conv/linear layer's neurons in the online networks (0: off)
     mhe_power: int = 2  # MHE energy: 0 (−log d²), 1 (1/d), 2 (1/d²); higher punishes near neighbours harder
     mhe_distance: str = "euclidean"  # MHE distance between neurons: euclidean (chord) | angular (angle/π)
@@ -198,6 +208,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "byol+contrastive": {**FMNIST_BYOL, "regularizers.contrastive": 1.0},
     "byol+uniformity": {**FMNIST_BYOL, "regularizers.uniformity": 1.0},
     "byol+mhe": {**FMNIST_BYOL, "regularizers.mhe": 100.0},
+    # SFRIK (SPEC §4) on the default run's data, augmentation and budget; q = 2048 (the paper: 32768 on ImageNet).
+    "fmnist-sfrik": {**FMNIST_BYOL, "method.name": "sfrik", "model.projection_dim": 2048},
     "fmnist-wmse4": {**FMNIST_WMSE, "augment.num_views": 4, "optim.epochs": 3, "optim.batch_size": 64, "method.wmse.w_size": 64, "model.projection_dim": 32},
     "cifar10": {**CIFAR_BYOL, "data.dataset": "cifar10", "augment.mean": CIFAR10_STATS["mean"], "augment.std": CIFAR10_STATS["std"]},
     "cifar100": {**CIFAR_BYOL, "data.dataset": "cifar100", "augment.mean": CIFAR100_STATS["mean"], "augment.std": CIFAR100_STATS["std"]},
@@ -213,7 +225,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "data.dataset": ("fashion-mnist", "cifar10", "cifar100", "image-folder"),
     "model.backbone": ("convnet", "resnet18", "resnet34", "resnet50"),
     "model.stem": ("cifar", "imagenet"),
-    "method.name": ("byol", "wmse", "msbreg"),
+    "method.name": ("byol", "wmse", "msbreg", "sfrik"),
     "method.msbreg.centroid": ("per_view", "mean"),
     "regularizers.singular_value_target": ("mean", "uniform"),
     "regularizers.mhe_distance": ("euclidean", "angular"),
@@ -335,6 +347,13 @@ def validate(config: Config) -> None:
     require(reg.contrastive_temperature > 0 and reg.uniformity_t > 0,
             f"regularizers.contrastive_temperature and regularizers.uniformity_t must be positive, got {reg.contrastive_temperature}, {reg.uniformity_t}")
     require(reg.mhe_power in (0, 1, 2), f"regularizers.mhe_power={reg.mhe_power} is not one of: 0, 1, 2")
+    kernels = {"regularizers.kernel_weights": reg.kernel_weights, **({"method.sfrik.kernel_weights": m.sfrik.kernel_weights} if m.name == "sfrik" else {})}
+    for key, weights in kernels.items():
+        require(len(weights) > 0 and all(w >= 0 for w in weights) and any(w > 0 for w in weights),
+                f"{key} must be b_1,b_2,... all >= 0 and not all 0 (a negative b_l is not a positive-definite kernel), got {weights}")
+    if m.name == "sfrik":
+        require(m.sfrik.invariance >= 0 and m.sfrik.mmd > 0,
+                f"method.sfrik.invariance must be >= 0 and method.sfrik.mmd > 0 (without the MMD term SFRIK collapses), got {m.sfrik.invariance}, {m.sfrik.mmd}")
     if m.name == "wmse":
         w = m.wmse
         require(w.w_iter >= 1 and 0 <= w.eps < 1, f"method.wmse.w_iter must be >= 1 and method.wmse.eps in [0, 1), got {w.w_iter}, {w.eps}")

@@ -7,10 +7,11 @@ from nocollapse.methods.base import Method
 from nocollapse.methods.byol import BYOL
 from nocollapse.methods.msbreg import MSBReg
 from nocollapse.methods.regularizers import REGULARIZERS, build_regularizers
+from nocollapse.methods.sfrik import SFRIK
 from nocollapse.methods.wmse import WMSE
 from nocollapse.nn.backbones import build_backbone
 
-__all__ = ["BYOL", "MSBReg", "Method", "REGULARIZERS", "WMSE", "build_method"]
+__all__ = ["BYOL", "MSBReg", "Method", "REGULARIZERS", "SFRIK", "WMSE", "build_method"]
 
 
 def build_method(config: Config, in_channels: int) -> Method:
@@ -32,6 +33,10 @@ def build_method(config: Config, in_channels: int) -> Method:
     elif method.name == "wmse":
         w = method.wmse
         built = WMSE(encoder, head_hidden=model.projector_hidden, embedding_dim=model.projection_dim, w_size=w.w_size, w_iter=w.w_iter, eps=w.eps)
+    elif method.name == "sfrik":
+        s = method.sfrik
+        built = SFRIK(encoder, projector_hidden=model.projector_hidden, projection_dim=model.projection_dim, invariance=s.invariance,
+                      mmd=s.mmd, kernel_weights=s.kernel_weights)
     else:
         raise ValueError(f"unknown method {method.name!r}")
     for name, weight, regularizer in build_regularizers(config.regularizers):

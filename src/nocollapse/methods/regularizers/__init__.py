@@ -11,9 +11,11 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from nocollapse.config import RegularizerConfig
+from nocollapse.losses.kernels import GegenbauerKernel
 from nocollapse.methods.regularizers.base import INPUTS, Regularizer
 from nocollapse.methods.regularizers.brownian import Brownian
 from nocollapse.methods.regularizers.energy import HypersphericalEnergy
+from nocollapse.methods.regularizers.kernel import KernelUniformity
 from nocollapse.methods.regularizers.singular_value import SingularValue
 from nocollapse.methods.regularizers.uniformity import Alignment, Contrastive, Uniformity
 
@@ -24,6 +26,7 @@ REGULARIZERS: dict[str, Callable[[RegularizerConfig], Regularizer]] = {
     "contrastive": lambda config: Contrastive(temperature=config.contrastive_temperature),
     "uniformity": lambda config: Uniformity(t=config.uniformity_t),
     "alignment": lambda config: Alignment(),
+    "kernel_uniformity": lambda config: KernelUniformity(GegenbauerKernel(config.kernel_weights)),
     "mhe": lambda config: HypersphericalEnergy(power=config.mhe_power, distance=config.mhe_distance, half_space=config.mhe_half_space),
 }
 
@@ -34,6 +37,6 @@ def build_regularizers(config: RegularizerConfig) -> list[tuple[str, float, Regu
 
 
 __all__ = [
-    "INPUTS", "REGULARIZERS", "Alignment", "Brownian", "Contrastive", "HypersphericalEnergy", "Regularizer", "SingularValue",
+    "INPUTS", "REGULARIZERS", "Alignment", "Brownian", "Contrastive", "HypersphericalEnergy", "KernelUniformity", "Regularizer", "SingularValue",
     "Uniformity", "build_regularizers",
 ]
