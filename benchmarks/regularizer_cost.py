@@ -28,6 +28,8 @@ CONFIGS: dict[str, tuple[str, list[str]]] = {
     "BYOL + contrastive (byol+contrastive)": ("byol+contrastive", []),
     "BYOL + uniformity (byol+uniformity)": ("byol+uniformity", []),
     "BYOL + MHE (byol+mhe)": ("byol+mhe", []),
+    "BYOL + kernel uniformity (1, 40, 40)": ("fmnist", ["regularizers.kernel_uniformity=1"]),
+    "SFRIK, q = 2048 (fmnist-sfrik)": ("fmnist-sfrik", []),
     "MSBReg, 4 views × 64 (fmnist-msbreg)": ("fmnist-msbreg", []),
     "MSBReg without SV, BD": ("fmnist-msbreg", ["regularizers.singular_value=0", "regularizers.brownian=0"]),
     "W-MSE 2 (fmnist-wmse2)": ("fmnist-wmse2", []),

@@ -52,3 +52,10 @@ def test_ci_runs_the_readme_test_command():
     commands = [line for block in code_blocks("bash") for line in block.splitlines() if "pytest" in line]
     assert len(commands) == 1
     assert commands[0] in (ROOT / ".ci" / "run").read_text()
+
+
+def test_the_kernel_uniformity_example_gives_a_gradient_and_takes_the_gram_path(capsys):
+    namespace = run_example(4)
+    assert torch.isfinite(namespace["z"].grad).all() and namespace["z"].grad.abs().sum() > 0
+    assert 0 <= namespace["psi"].item() <= 81 and 0 < namespace["gaussian"].item() <= 1
+    assert capsys.readouterr().out.strip() == "gram"
