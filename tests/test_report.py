@@ -3,6 +3,7 @@
 import base64
 import io
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -168,6 +169,8 @@ def test_the_loss_plot_has_a_panel_for_each_term_of_either_run(two_runs):
     assert runs[0].loss_terms() == ["loss", "byol"] and runs[1].loss_terms() == ["loss", "byol", "uniformity"]
     titles = [ax.get_title() for ax in loss_figure(runs).axes if ax.get_visible()]
     assert titles == ["total loss", "byol", "uniformity"]
+    alone = [ax.get_title() for ax in loss_figure(runs[:1]).axes if ax.get_visible()]
+    assert alone == ["total loss (= byol)"]  # BYOL's only term is its total: one panel, not two copies
 
 
 @pytest.mark.parametrize("module, missing, kept", [
@@ -258,3 +261,39 @@ def test_the_page_renders_in_headless_chromium(report, tmp_path):
     assert result.returncode == 0, result.stderr
     with Image.open(shot) as png:
         assert png.width >= 1200 and png.height >= 2000
+
+
+def test_plots_adapt_to_what_a_run_logged(tmp_path):
+    """A method without a target network has no τ panel; monitor lines without geometry give no geometry plot."""
+    from nocollapse.report.plots import geometry_figure, knn_figure, schedule_figure
+    from nocollapse.report.runs import RunRecord
+
+    windows = [{"step": s, "epoch": s / 10, "loss": 1.0 / s, "wmse": 1.0 / s, "lr": 0.1, "img/s": 100.0} for s in range(1, 11)]
+    monitors = [{"step": 10, "epoch": 1.0, "knn_top1_k20": 0.5, "knn_bank": 100}]
+    run = RunRecord(path=tmp_path, label="wmse", config={"method": {"name": "wmse"}}, environment={}, windows=windows, monitors=monitors)
+    assert [ax.get_title() for ax in schedule_figure([run]).axes] == ["learning rate"]
+    assert geometry_figure([run]) is None
+    assert knn_figure([run]).axes[0].get_lines()[0].get_ydata().tolist() == [50.0]
+
+
+def test_baselines_merge_only_when_their_scores_agree(tmp_path):
+    from nocollapse.report.html import _evaluation_rows
+    from nocollapse.report.runs import RunRecord
+
+    def run(label, raw_knn, euclid, dataset="fashion-mnist"):
+        rows = [{"name": "raw pixels", "dim": 784, "knn": {"20": raw_knn}, "knn_euclidean": euclid, "linear": {}},
+                {"name": "byol convnet", "dim": 256, "knn": {"20": 0.9}, "knn_euclidean": {}, "linear": {}}]
+        return RunRecord(path=tmp_path, label=label, config={"data": {"dataset": dataset}}, environment={}, evaluation={"rows": rows})
+
+    # An older run without the Euclidean kNN agrees with a newer one on what both measured: one row, all scores.
+    rows = _evaluation_rows([run("old", 0.8447, {}), run("new", 0.8447, {"5": 0.8554}), run("other", 0.5, {})])
+    baselines = [(row["knn_euclidean"], labels) for row, labels, _, is_baseline in rows if is_baseline]
+    assert baselines == [({"5": 0.8554}, "old, new"), ({}, "other")]
+    assert [labels for _, labels, _, is_baseline in rows if not is_baseline] == ["old", "new", "other"]
+
+
+def test_report_files_get_the_permissions_of_ordinary_files(report):
+    out, _ = report
+    umask = os.umask(0)
+    os.umask(umask)
+    assert {(path.stat().st_mode & 0o777) for path in out.iterdir()} == {0o666 & ~umask}

@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR", help="run directories written by `nocollapse train`")
     report.add_argument("--out", required=True, type=Path, help="directory for index.html and the PNG files")
     report.add_argument("--title", help="page title (default: the run names)")
-    report.add_argument("--no-map", action="store_true", help="skip the t-SNE maps (about 10 s per run on 2 CPU cores)")
+    report.add_argument("--no-map", action="store_true", help="skip the t-SNE maps (about 12 s per run on 2 CPU cores)")
 
     config = commands.add_parser("config", help="print every setting of a preset with what it does")
     config.add_argument("overrides", nargs="*", metavar="key=value")

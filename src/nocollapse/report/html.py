@@ -20,7 +20,7 @@ from typing import Any
 
 from nocollapse.config import flatten
 from nocollapse.report import plots
-from nocollapse.report.runs import RunRecord, load_runs
+from nocollapse.report.runs import RunRecord, knn_key, load_runs
 from nocollapse.train.checkpoint import atomic_write_bytes
 
 REPORT_FILE = "index.html"
@@ -53,7 +53,7 @@ nav a { margin-right: 12px; }
 
 
 @dataclass
-class Figure:
+class PageFigure:
     """A figure of the page: its PNG file (None when it could not be drawn) and what to read in it."""
 
     file: str | None
@@ -105,12 +105,12 @@ def training_table(runs: Sequence[RunRecord]) -> str:
     rows = []
     for run in runs:
         optim, last = run.config.get("optim", {}), run.windows[-1] if run.windows else {}
-        monitor = next((m for m in reversed(run.monitors) if plots._knn_key(m)), None)
+        monitor = next((m for m in reversed(run.monitors) if knn_key(m)), None)
         speeds = [w["img/s"] for w in run.windows if "img/s" in w]
         rows.append([run.label, run.method, str(run.config.get("preset", "?")), run.dataset, str(run.config.get("model", {}).get("backbone", "?")),
                      _status(run), f"{_cell(last.get('epoch'), 2)} / {optim.get('epochs', '?')}", _cell(last.get("step"), 0),
                      _cell(optim.get("batch_size"), 0), _cell(last.get("loss"), 4),
-                     _cell(monitor[plots._knn_key(monitor)], 2, 100) if monitor else "–",
+                     _cell(monitor[knn_key(monitor)], 2, 100) if monitor else "–",
                      _cell(statistics.median(speeds), 0) if speeds else "–"])
     return _table(header, rows, numeric_from=6, table_id="training-table")
 
@@ -128,20 +128,35 @@ def differing_settings(runs: Sequence[RunRecord]) -> str:
                                                                      table_id="settings-table")
 
 
-def _baseline_key(run: RunRecord, row: dict[str, Any]) -> str:
-    """Baselines shared by runs (same dataset and identical scores) appear once."""
-    return json.dumps([run.dataset, row["name"], row["dim"], row.get("knn"), row.get("knn_euclidean"), row.get("linear"),
-                       (row.get("geometry") or {}).get("rankme")], sort_keys=True)
+SCORE_KEYS = ("knn", "knn_euclidean", "linear")
+
+
+def _same_scores(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Two evaluations of one baseline agree on every score both have (older runs may lack some)."""
+    return all(a.get(key, {})[k] == b.get(key, {})[k] for key in SCORE_KEYS for k in set(a.get(key) or {}) & set(b.get(key) or {}))
 
 
 def _evaluation_rows(runs: Sequence[RunRecord]) -> list[tuple[dict[str, Any], str, str, bool]]:
-    """(eval row, run labels, dataset, is baseline): the baselines once each, then every trained row."""
-    baselines: dict[str, tuple[dict[str, Any], list[str], str]] = {}
+    """(eval row, run labels, dataset, is baseline): the baselines once each, then every trained row.
+
+    Runs on one dataset share the raw-pixel baseline, and runs with one architecture and seed share the
+    random encoder: a baseline that agrees with an earlier one on every score they both have is merged
+    into it (the union of their scores), so it appears once with all its runs.
+    """
+    baselines: list[tuple[dict[str, Any], list[str], str]] = []
     for run in runs:
         for row in run.baseline_rows():
-            entry = baselines.setdefault(_baseline_key(run, row), (row, [], run.dataset))
-            entry[1].append(run.label)
-    rows = [(row, ", ".join(labels), dataset, True) for row, labels, dataset in baselines.values()]
+            same = next((entry for entry in baselines if (entry[2], entry[0]["name"], entry[0]["dim"]) == (run.dataset, row["name"], row["dim"])
+                         and _same_scores(entry[0], row)), None)
+            if same is None:
+                baselines.append(({**row, **{key: dict(row.get(key) or {}) for key in SCORE_KEYS}}, [run.label], run.dataset))
+                continue
+            merged, labels, _ = same
+            for key in SCORE_KEYS:
+                merged[key].update(row.get(key) or {})
+            merged["geometry"] = merged.get("geometry") or row.get("geometry")
+            labels.append(run.label)
+    rows = [(row, ", ".join(labels), dataset, True) for row, labels, dataset in baselines]
     return rows + [(row, run.label, run.dataset, False) for run in runs if (row := run.trained_row())]
 
 
@@ -168,8 +183,17 @@ def accuracy_table(runs: Sequence[RunRecord]) -> str:
 
 
 def geometry_table(runs: Sequence[RunRecord]) -> str:
-    """Geometry of the test embeddings: every evaluated encoder row, then each run's projections."""
-    entries = [(row["name"], labels, row.get("geometry"), is_baseline) for row, labels, _, is_baseline in _evaluation_rows(runs)]
+    """Geometry of the test embeddings: the baselines (once where runs measured the same values; alignment
+    depends on each run's augmentation), every trained encoder, then each run's projections."""
+    baselines: dict[str, tuple[str, list[str], dict[str, Any]]] = {}
+    for run in runs:
+        for row in run.baseline_rows():
+            if geometry := row.get("geometry"):
+                scores = {key: value for key, value in geometry.items() if key != "spectrum"}
+                key = json.dumps([run.dataset, row["name"], scores], sort_keys=True)
+                baselines.setdefault(key, (row["name"], [], geometry))[1].append(run.label)
+    entries = [(name, ", ".join(labels), geometry, True) for name, labels, geometry in baselines.values()]
+    entries += [(row["name"], run.label, row.get("geometry"), False) for run in runs if (row := run.trained_row())]
     entries += [(p["name"], run.label, p.get("geometry"), p["name"].startswith("random")) for run in runs
                 for p in (run.evaluation or {}).get("projections", [])]
     entries = [e for e in entries if e[2]]
@@ -209,7 +233,8 @@ FIGURES: list[tuple[str, str, Callable[[Sequence[RunRecord]], Any], str]] = [
      "Mean of each loss term over each logging window. The total is what the optimiser minimises; the other panels are its weighted parts."),
     ("knn", "kNN accuracy over epochs", plots.knn_figure,
      "Top-1 of a cosine kNN classifier on the test split, measured at the end of epochs from a fixed bank of training images "
-     "(eval.monitor_train_samples). Dotted: raw pixels in the final evaluation, the bar a representation must clear."),
+     "(eval.monitor_train_samples). Star: the final evaluation, which votes from the whole training set. Dotted: raw pixels "
+     "in the final evaluation, the bar a representation must clear."),
     ("schedule", "Learning rate and EMA momentum τ", plots.schedule_figure,
      "The learning rate (warm-up then decay) and, for methods with a target network, the EMA momentum τ that rises to 1."),
     ("geometry", "Alignment, uniformity and rank over epochs", plots.geometry_figure,
@@ -239,7 +264,7 @@ def write_report(run_dirs: Sequence[Path | str], out_dir: Path | str, *, title: 
 
     Plots need matplotlib and the t-SNE map scikit-learn (``pip install 'nocollapse[report]'``);
     without them the page says so and carries the tables and the other plots. ``tsne=False`` skips
-    the maps (t-SNE of 2000 test embeddings takes some 10 s per run on 2 CPU cores). Returns the
+    the maps (t-SNE of 2000 test embeddings takes about 12 s per run on 2 CPU cores). Returns the
     page's path.
     """
     runs = load_runs(list(run_dirs))
@@ -264,7 +289,7 @@ def write_report(run_dirs: Sequence[Path | str], out_dir: Path | str, *, title: 
     for name, heading, build, caption in FIGURES:
         figure = None if no_plots else build(runs)
         note = "" if figure is not None else ("no plots without matplotlib" if no_plots else "no run logged what this plot needs")
-        sections.append((name, heading, [Figure(save(f"{name}.png", figure) if figure is not None else None, caption, note)]))
+        sections.append((name, heading, [PageFigure(save(f"{name}.png", figure) if figure is not None else None, caption, note)]))
 
     maps = []
     no_tsne = no_plots or plots.missing_extra("sklearn")
@@ -273,18 +298,18 @@ def write_report(run_dirs: Sequence[Path | str], out_dir: Path | str, *, title: 
         log(f"report: {no_tsne}")
     for run in runs:
         if not tsne:
-            maps.append(Figure(None, "", f"{run.label}: maps were turned off (--no-map)"))
+            maps.append(PageFigure(None, "", f"{run.label}: maps were turned off (--no-map)"))
         elif no_tsne:
-            maps.append(Figure(None, "", f"{run.label}: no map ({'matplotlib' if no_plots else 'scikit-learn'} is not installed)"))
+            maps.append(PageFigure(None, "", f"{run.label}: no map ({'matplotlib' if no_plots else 'scikit-learn'} is not installed)"))
         elif run.embeddings is None:
-            maps.append(Figure(None, "", f"{run.label}: no test_embeddings.pt; `nocollapse eval {run.path}` saves them"))
+            maps.append(PageFigure(None, "", f"{run.label}: no test_embeddings.pt; `nocollapse eval {run.path}` saves them"))
         else:
             embeddings = run.embeddings
             log(f"report: t-SNE of {len(embeddings.labels)} test embeddings of {run.label} …")
             coordinates = plots.tsne_map(embeddings.features, seed=int(run.config.get("run", {}).get("seed", 0)))
             figure = plots.map_figure(coordinates, embeddings.labels, embeddings.classes,
                                       f"{run.label}: t-SNE of {len(embeddings.labels)} test features")
-            maps.append(Figure(save(f"map-{_safe_name(run.label)}.png", figure), run.label))
+            maps.append(PageFigure(save(f"map-{_safe_name(run.label)}.png", figure), run.label))
     sections.append(("map", "Map of the test embeddings", maps))
 
     page = render_page(runs, sections, images, notes, title or ("nocollapse report: " + ", ".join(run.label for run in runs)))
@@ -293,7 +318,7 @@ def write_report(run_dirs: Sequence[Path | str], out_dir: Path | str, *, title: 
     return path
 
 
-def render_page(runs: Sequence[RunRecord], sections: list[tuple[str, str, list[Figure]]], images: dict[str, bytes], notes: list[str],
+def render_page(runs: Sequence[RunRecord], sections: list[tuple[str, str, list[PageFigure]]], images: dict[str, bytes], notes: list[str],
                 title: str) -> str:
     generated = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     nav = [("training", "runs"), ("accuracy", "accuracy"), ("geometry-scores", "geometry")] + [(name, name) for name, *_ in sections] + [("environment", "environment")]

@@ -8,7 +8,7 @@ and how to install it, and the page goes on without those plots.
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import io
 import math
 from collections.abc import Sequence
@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from nocollapse.report.runs import RunRecord
+from nocollapse.report.runs import RunRecord, knn_key
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -29,9 +29,8 @@ DPI = 110
 def missing_extra(module: str) -> str | None:
     """None if ``module`` imports, else a message naming the extra that provides it."""
     try:
-        if importlib.util.find_spec(module) is not None:
-            __import__(module)
-            return None
+        importlib.import_module(module)
+        return None
     except ImportError:
         pass
     purpose = {"matplotlib": "the plots", "sklearn": "the t-SNE map of test embeddings"}[module]
@@ -60,14 +59,14 @@ def run_colors(runs: Sequence[RunRecord]) -> dict[str, str]:
 
 
 def _legend(figure: Figure, axes: list[Any], runs: Sequence[RunRecord]) -> None:
-    """A figure legend under the panels when there is more than one line to tell apart."""
+    """A figure legend under the panels, when there is more than one line or run to tell apart."""
     handles, labels = {}, []
     for ax in axes:
         for handle, label in zip(*ax.get_legend_handles_labels()):
             if label not in handles:
                 handles[label] = handle
                 labels.append(label)
-    if len(labels) > 1:
+    if labels and (len(labels) > 1 or len(runs) > 1):  # with several runs, even one line needs its name
         figure.legend([handles[label] for label in labels], labels, loc="outside lower center", ncols=min(4, len(labels)), frameon=False)
 
 
@@ -77,12 +76,19 @@ def _grid(count: int, max_cols: int = 3) -> tuple[int, int]:
 
 
 def loss_figure(runs: Sequence[RunRecord]) -> Figure | None:
-    """One panel per loss term (the total first), each run a line against epochs."""
+    """One panel per loss term (the total first), each run a line against epochs. A term that is the whole
+    loss in every run (BYOL alone) shares the total's panel instead of repeating it."""
     terms: list[str] = []
     for run in runs:
         terms += [t for t in run.loss_terms() if t not in terms]
     if not terms:
         return None
+    titles = {term: term for term in terms}
+    titles["loss"] = "total loss"
+    for term in terms[1:]:
+        if all(w.get(term) == w.get("loss") for run in runs for w in run.windows):
+            terms.remove(term)
+            titles["loss"] = f"total loss (= {term})"
     colors = run_colors(runs)
     figure, axes = _figure(*_grid(len(terms)))
     for ax, term in zip(axes, terms):
@@ -91,7 +97,7 @@ def loss_figure(runs: Sequence[RunRecord]) -> Figure | None:
             if points:
                 x, y = zip(*points)
                 ax.plot(x, y, color=colors[run.label], label=run.label, linewidth=1.2)
-        ax.set_title("total loss" if term == "loss" else term)
+        ax.set_title(titles[term])
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
     for ax in axes[len(terms):]:
@@ -100,15 +106,12 @@ def loss_figure(runs: Sequence[RunRecord]) -> Figure | None:
     return figure
 
 
-def _knn_key(record: dict[str, Any]) -> str | None:
-    return next((key for key in record if key.startswith("knn_top1_k")), None)
-
-
 def knn_figure(runs: Sequence[RunRecord]) -> Figure | None:
-    """The per-epoch kNN top-1 of each run, with each dataset's raw-pixel kNN (final evaluation) dotted."""
+    """The per-epoch kNN top-1 of each run (a star: its final evaluation, with the whole training set as
+    the bank), and each dataset's raw-pixel kNN from the final evaluation, dotted."""
     series = []
     for run in runs:
-        points = [(m["epoch"], 100 * m[key], key.removeprefix("knn_top1_k")) for m in run.monitors if (key := _knn_key(m))]
+        points = [(m["epoch"], 100 * m[key], key.removeprefix("knn_top1_k")) for m in run.monitors if (key := knn_key(m))]
         if points:
             series.append((run, points))
     if not series:
@@ -120,6 +123,10 @@ def knn_figure(runs: Sequence[RunRecord]) -> Figure | None:
     for run, points in series:
         x, y, ks = zip(*points)
         ax.plot(x, y, marker="o", markersize=3, color=colors[run.label], label=f"{run.label} (k={ks[-1]})")
+        final = (run.trained_row() or {}).get("knn", {}).get(ks[-1])
+        if final is not None:  # the final evaluation votes from the whole training set, the monitor from a subset
+            ax.plot([x[-1]], [100 * final], marker="*", markersize=11, color=colors[run.label], linestyle="none",
+                    label=f"{run.label}, final evaluation")
         for row in run.baseline_rows():
             if row["name"] == "raw pixels" and ks[-1] in row.get("knn", {}):
                 baselines[(run.dataset, ks[-1])] = 100 * row["knn"][ks[-1]]
@@ -150,6 +157,10 @@ def schedule_figure(runs: Sequence[RunRecord]) -> Figure | None:
         ax.set_title(title)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
+    peaks = [max(w["lr"] for w in run.windows if "lr" in w) for run in runs if any("lr" in w for w in run.windows)]
+    if peaks and min(peaks) > 0 and max(peaks) / min(peaks) > 10:  # Adam's 1e-3 beside LARS's 0.5: only a log axis shows both
+        axes[0].set_yscale("log")
+        axes[0].set_title("learning rate (log scale)")
     _legend(figure, axes, runs)
     return figure
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from nocollapse.config import Config
 from nocollapse.errors import UserError
 from nocollapse.train.evaluation import EMBEDDINGS_FILE, EVAL_FILE
 from nocollapse.train.loop import METRICS
@@ -76,11 +77,25 @@ class RunRecord:
         return (self.evaluation or {}).get("rows", [])[:-1]
 
 
+def knn_key(record: dict[str, Any]) -> str | None:
+    """The ``knn_top1_k<k>`` key of a monitor line, or None."""
+    return next((key for key in record if key.startswith("knn_top1_k")), None)
+
+
 def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as error:
         raise UserError(f"{path} is not valid JSON ({error}); the file is damaged") from None
+
+
+def _complete_config(saved: dict[str, Any]) -> dict[str, Any]:
+    """The saved config with the settings it predates filled with their defaults (as `nocollapse eval`
+    reads it), so runs from different versions compare setting by setting; as saved if it does not parse."""
+    try:
+        return Config.from_dict(saved).to_dict()
+    except (UserError, ValueError, TypeError):
+        return saved
 
 
 def read_metrics(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]], int]:
@@ -100,7 +115,7 @@ def read_metrics(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]
             events.append(record)
         elif "loss" in record:
             windows.append(record)
-        elif any(key.startswith("knn_top1") for key in record) or "geometry" in record:
+        elif knn_key(record) or "geometry" in record:
             monitors.append(record)
         else:
             skipped += 1
@@ -126,7 +141,7 @@ def load_run(run_dir: Path | str, label: str | None = None) -> RunRecord:
     environment = _read_json(path / "environment.json") if (path / "environment.json").is_file() else {}
     windows, monitors, events, skipped = read_metrics(path / METRICS)
     evaluation = _read_json(path / EVAL_FILE) if (path / EVAL_FILE).is_file() else None
-    return RunRecord(path=path, label=label or path.resolve().name, config=_read_json(path / "config.json"), environment=environment,
+    return RunRecord(path=path, label=label or path.resolve().name, config=_complete_config(_read_json(path / "config.json")), environment=environment,
                      windows=windows, monitors=monitors, events=events, evaluation=evaluation,
                      embeddings=read_embeddings(path / EMBEDDINGS_FILE), skipped_lines=skipped)
 
