@@ -33,7 +33,7 @@ def missing_extra(module: str) -> str | None:
         return None
     except ImportError:
         pass
-    purpose = {"matplotlib": "the plots", "sklearn": "the t-SNE map of test embeddings"}[module]
+    purpose = {"matplotlib": "plots", "sklearn": "t-SNE map of the test embeddings"}[module]
     package = {"sklearn": "scikit-learn"}.get(module, module)
     return f"{package} is not installed, so the report has no {purpose}: {INSTALL_HINT} adds it"
 
