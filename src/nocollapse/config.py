@@ -131,6 +131,7 @@ class RunConfig:
     compile: bool = False  # torch.compile the method (GPU; the first steps are slow while it compiles)
     log_every: int = 20  # steps between metric lines (each costs a device sync)
     checkpoint_every: int = 0  # steps between extra checkpoints (0: only at the end of each epoch)
+    tensorboard: bool = False  # also log the metrics as TensorBoard scalars in RUN_DIR/tensorboard (needs the tensorboard extra)
 
 
 @dataclass

@@ -15,10 +15,12 @@ from nocollapse.eval.features import encoder_features, pixel_features, positive_
 from nocollapse.eval.geometry import UNIFORMITY_SAMPLES, GeometryScores, geometry_scores
 from nocollapse.methods import Method, build_method
 from nocollapse.nn.backbones import build_backbone
-from nocollapse.train.checkpoint import load_checkpoint, save_json
+from nocollapse.train.checkpoint import load_checkpoint, save_checkpoint, save_json
 from nocollapse.train.loop import CHECKPOINT, load_run_config, select_device
 
 EVAL_FILE = "eval.json"
+EMBEDDINGS_FILE = "test_embeddings.pt"
+MAP_SAMPLES = 2000  # test images whose embeddings are kept for the report's 2-D map (t-SNE is O(N²))
 
 
 def evaluate_run(
@@ -39,6 +41,8 @@ def evaluate_run(
     loss and regularizers act) of the trained method, from ``checkpoint.pt`` (skipped, with a note,
     when the run has none), and with the baselines of the method at initialisation. ``eval.json``
     holds ``rows`` (accuracies and ``geometry``) and ``projections`` (``name``, ``dim``, ``geometry``).
+    The trained encoder's features of a fixed subset of test images go to ``test_embeddings.pt``
+    (:func:`save_test_embeddings`) for the report's map.
     """
     config = config or load_run_config(run_dir)
     weights = run_dir / "encoder.pt"
@@ -61,10 +65,12 @@ def evaluate_run(
         log(f"  scored {name} in {row.seconds:.1f}s")
         return row
 
-    def encoder_rows(name: str, encoder: torch.nn.Module) -> RepresentationScores:
+    def encoder_rows(name: str, encoder: torch.nn.Module) -> tuple[RepresentationScores, torch.Tensor]:
+        """The scores of ``encoder`` and its test features."""
         encoder.to(device_)
         features = lambda images: encoder_features(encoder, images, device=device_, **forward_settings)
-        return score(name, features(train_set.images), features(test_set.images), view_features(encoder, views, **forward_settings))
+        test_features = features(test_set.images)
+        return score(name, features(train_set.images), test_features, view_features(encoder, views, **forward_settings)), test_features
 
     def projection_row(name: str, method: Method) -> tuple[str, GeometryScores]:
         method.to(device_)
@@ -80,14 +86,16 @@ def evaluate_run(
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.run.seed)
             initial = build_method(config, in_channels)
-        rows.append(encoder_rows(f"random {model.backbone}", initial.encoder))
+        rows.append(encoder_rows(f"random {model.backbone}", initial.encoder)[0])
         projection_rows.append(projection_row(f"random {config.method.name} projections", initial))
     trained = build_backbone(model.backbone, in_channels=in_channels, widths=model.widths, depth=model.depth, stem=model.stem)
     try:
         trained.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     except Exception as error:
         raise UserError(f"cannot load {weights} ({type(error).__name__}: {error}); the file is damaged or from another architecture") from None
-    rows.append(encoder_rows(f"{config.method.name} {config.model.backbone}", trained))
+    trained_row, trained_test_features = encoder_rows(f"{config.method.name} {config.model.backbone}", trained)
+    rows.append(trained_row)
+    save_test_embeddings(run_dir / EMBEDDINGS_FILE, trained_test_features, test_set, seed=config.run.seed)
     checkpoint = run_dir / CHECKPOINT
     if checkpoint.is_file():
         method = build_method(config, in_channels)
@@ -108,3 +116,12 @@ def evaluate_run(
     save_json(run_dir / EVAL_FILE, {"dataset": config.data.dataset, "rows": [row.to_dict() for row in rows],
                                     "projections": [{"name": name, "dim": g.dim, "geometry": g.to_dict()} for name, g in projection_rows]})
     return rows
+
+
+def save_test_embeddings(path: Path, features: torch.Tensor, test_set: ImageDataset, *, seed: int, samples: int = MAP_SAMPLES) -> None:
+    """Save the (N, D) test ``features`` of a random subset of ``samples`` test images (drawn
+    from ``seed``) with their labels, indices and the class names: what a report needs to draw the
+    embeddings without the data or the model."""
+    rows = torch.randperm(len(test_set), generator=torch.Generator().manual_seed(seed))[:samples].sort().values
+    save_checkpoint(path, {"features": features[rows.to(features.device)].float().cpu(), "labels": test_set.labels[rows],
+                           "indices": rows, "classes": list(test_set.classes), "dataset": test_set.name})

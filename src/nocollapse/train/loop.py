@@ -31,6 +31,7 @@ from nocollapse.train.optim import build_optimizer, describe_param_groups, split
 from nocollapse.train.progress import Progress
 from nocollapse.train.runinfo import environment
 from nocollapse.train.schedules import ema_momentum, warmup_cosine, warmup_step_decay
+from nocollapse.train.tensorboard import TensorBoardLog
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
@@ -133,6 +134,7 @@ class Trainer:
         self.total_steps = self.steps_per_epoch * o.epochs
         self.warmup_steps = round(o.warmup_epochs * self.steps_per_epoch)
         self.step = 0
+        self.tensorboard: TensorBoardLog | None = None
         self.compute_losses = torch.compile(self.method) if config.run.compile else self.method
 
         if resume:
@@ -142,6 +144,8 @@ class Trainer:
             save_json(self.run_dir / "config.json", config.to_dict())
             save_json(self.run_dir / "environment.json", environment(self.device))
             (self.run_dir / METRICS).unlink(missing_ok=True)
+            if config.run.tensorboard:
+                self.tensorboard = TensorBoardLog(self.run_dir / "tensorboard")
 
     def _check_data(self) -> None:
         n = len(self.train_set)
@@ -177,6 +181,8 @@ class Trainer:
         if "cuda_rng" in state and self.device.type == "cuda":
             torch.cuda.set_rng_state(state["cuda_rng"].cpu(), self.device)
         self._truncate_metrics(self.step)
+        if self.config.run.tensorboard:
+            self.tensorboard = TensorBoardLog(self.run_dir / "tensorboard", purge_step=self.step + 1)
         # environment.json describes where the run started; a resume may be on another machine or torch.
         self._write_metrics({"step": self.step, "epoch": self._epoch(), "resumed": environment(self.device)})
         self.log(f"resumed {self.run_dir} at step {self.step}/{self.total_steps}")
@@ -202,6 +208,8 @@ class Trainer:
     def _write_metrics(self, record: dict[str, Any]) -> None:
         with open(self.run_dir / METRICS, "a") as file:
             file.write(json.dumps(record) + "\n")
+        if self.tensorboard:
+            self.tensorboard.write(record)
 
     # ---- training ----------------------------------------------------------------------------------
     def schedule(self, step: int) -> tuple[float, float]:
@@ -237,6 +245,16 @@ class Trainer:
         return terms
 
     def fit(self) -> Path:
+        """Train to ``optim.epochs``, then save ``encoder.pt``; returns the run directory."""
+        try:
+            self._train()
+        finally:
+            if self.tensorboard:
+                self.tensorboard.close()
+        save_checkpoint(self.run_dir / "encoder.pt", self.method.encoder.state_dict())
+        return self.run_dir
+
+    def _train(self) -> None:
         cfg = self.config
         self.log(f"training {cfg.method.name} on {cfg.data.dataset} ({len(self.train_set)} images) with a {cfg.model.backbone} on {self.device}: "
                  f"{cfg.optim.epochs} epochs × {self.steps_per_epoch} steps of {cfg.optim.batch_size}, {cfg.optim.name} lr {self.base_lr:.4g}")
@@ -277,9 +295,8 @@ class Trainer:
             finished_epoch = self.step // self.steps_per_epoch
             if epoch_done and cfg.eval.monitor_every and (finished_epoch % cfg.eval.monitor_every == 0 or self.step == self.total_steps):
                 self._monitor()
+                window_start = time.perf_counter()  # img/s counts training, not the monitor
         progress.close()
-        save_checkpoint(self.run_dir / "encoder.pt", self.method.encoder.state_dict())
-        return self.run_dir
 
     def _epoch(self) -> float:
         """Epochs completed, fractional: the x-axis every metric line shares."""

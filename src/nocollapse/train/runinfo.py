@@ -24,12 +24,24 @@ def git_revision(directory: Path) -> str:
         return "unknown"
 
 
+def cpu_model() -> str:
+    """The processor's marketing name (``platform.processor()`` is often empty on Linux), or ``unknown``."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
 def environment(device: torch.device) -> dict[str, Any]:
     info: dict[str, Any] = {
         "git": git_revision(Path(__file__).resolve().parent),
         "torch": torch.__version__,
         "python": platform.python_version(),
         "platform": platform.platform(),
+        "cpu_model": cpu_model(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "device": str(device),

@@ -1,0 +1,356 @@
+"""``write_report``: one self-contained HTML page (plots inline as PNG, also saved beside it) for one or many runs.
+
+The page, top to bottom: what was trained (and the settings that differ between runs), accuracy
+beside the raw-pixel and random-encoder baselines, geometry of the test embeddings, then the plots
+(loss terms, kNN over epochs, lr and τ, geometry over epochs, singular spectra, t-SNE maps), and
+last each run's environment (git commit, torch, hardware, command) and full config.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import html
+import json
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from nocollapse.config import flatten
+from nocollapse.report import plots
+from nocollapse.report.runs import RunRecord, knn_key, load_runs
+from nocollapse.train.checkpoint import atomic_write_bytes
+
+REPORT_FILE = "index.html"
+# Settings that name or place a run rather than change what it computes: left out of "settings that differ".
+IDENTITY_KEYS = {"run.name", "run.out_dir"}
+
+STYLE = """
+body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; color: #1d2329; margin: 0; background: #f6f7f9; }
+main { max-width: 1280px; margin: 0 auto; padding: 24px 32px 64px; }
+h1 { font-size: 24px; margin: 0 0 4px; }
+h2 { font-size: 18px; margin: 36px 0 8px; padding-bottom: 4px; border-bottom: 1px solid #d5dae0; }
+p.lede { color: #5a6570; margin: 0 0 16px; }
+p.caption { color: #5a6570; margin: 4px 0 12px; max-width: 900px; }
+.note { background: #fff7e0; border-left: 4px solid #e0a800; padding: 6px 12px; margin: 8px 0; }
+.error { background: #fdecea; border-left: 4px solid #c62828; padding: 6px 12px; margin: 8px 0; }
+table { border-collapse: collapse; background: #fff; margin: 8px 0; font-variant-numeric: tabular-nums; }
+th, td { padding: 4px 10px; border-bottom: 1px solid #e3e6ea; text-align: left; vertical-align: top; }
+th { background: #eef1f4; font-weight: 600; }
+td.num, th.num { text-align: right; }
+tr.baseline td { color: #5a6570; }
+td.best { font-weight: 700; }
+img { max-width: 100%; background: #fff; border: 1px solid #e3e6ea; }
+.maps { display: flex; flex-wrap: wrap; gap: 16px; }
+.maps figure { margin: 0; flex: 1 1 520px; max-width: 640px; }
+details { background: #fff; border: 1px solid #e3e6ea; padding: 6px 12px; margin: 8px 0; }
+summary { cursor: pointer; font-weight: 600; }
+code { font: 12px ui-monospace, SFMono-Regular, Menlo, monospace; }
+nav a { margin-right: 12px; }
+"""
+
+
+@dataclass
+class PageFigure:
+    """A figure of the page: its PNG file (None when it could not be drawn) and what to read in it."""
+
+    file: str | None
+    caption: str
+    note: str = ""
+
+
+def _cell(value: Any, digits: int = 2, scale: float = 1.0) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return f"{scale * value:.{digits}f}"
+    return str(value)
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]], *, numeric_from: int, row_classes: Sequence[str] = (),
+           best: set[tuple[int, int]] = frozenset(), table_id: str = "") -> str:
+    """An HTML table of already-formatted cells; columns from ``numeric_from`` on are right-aligned."""
+    head = "".join(f'<th class="num">{html.escape(h)}</th>' if i >= numeric_from else f"<th>{html.escape(h)}</th>" for i, h in enumerate(header))
+    body = []
+    for r, row in enumerate(rows):
+        cells = []
+        for c, value in enumerate(row):
+            classes = " ".join(filter(None, ["num" if c >= numeric_from else "", "best" if (r, c) in best else ""]))
+            cells.append(f'<td class="{classes}">{html.escape(value)}</td>' if classes else f"<td>{html.escape(value)}</td>")
+        row_class = row_classes[r] if r < len(row_classes) and row_classes[r] else ""
+        body.append(f'<tr class="{row_class}">' + "".join(cells) + "</tr>" if row_class else "<tr>" + "".join(cells) + "</tr>")
+    ident = f' id="{table_id}"' if table_id else ""
+    thead = f"<thead><tr>{head}</tr></thead>" if any(header) else ""  # a key-value table needs no header
+    return f"<table{ident}>{thead}<tbody>{''.join(body)}</tbody></table>"
+
+
+def _status(run: RunRecord) -> str:
+    errors = [event["error"] for event in run.events if "error" in event]
+    resumes = sum("resumed" in event for event in run.events)
+    if errors:
+        status = f"stopped: {errors[-1]}"
+    elif run.evaluation:
+        status = "evaluated"
+    elif (run.path / "encoder.pt").is_file():
+        status = "trained, not evaluated"
+    else:
+        status = "interrupted or still training"
+    return status + (f" (resumed {resumes}×)" if resumes else "")
+
+
+def training_table(runs: Sequence[RunRecord]) -> str:
+    header = ["run", "method", "preset", "dataset", "backbone", "status", "epoch", "steps", "batch", "final loss", "last kNN (%)", "median img/s"]
+    rows = []
+    for run in runs:
+        optim, last = run.config.get("optim", {}), run.windows[-1] if run.windows else {}
+        monitor = next((m for m in reversed(run.monitors) if knn_key(m)), None)
+        speeds = [w["img/s"] for w in run.windows if "img/s" in w]
+        rows.append([run.label, run.method, str(run.config.get("preset", "?")), run.dataset, str(run.config.get("model", {}).get("backbone", "?")),
+                     _status(run), f"{_cell(last.get('epoch'), 2)} / {optim.get('epochs', '?')}", _cell(last.get("step"), 0),
+                     _cell(optim.get("batch_size"), 0), _cell(last.get("loss"), 4),
+                     _cell(monitor[knn_key(monitor)], 2, 100) if monitor else "–",
+                     _cell(statistics.median(speeds), 0) if speeds else "–"])
+    return _table(header, rows, numeric_from=6, table_id="training-table")
+
+
+def differing_settings(runs: Sequence[RunRecord]) -> str:
+    """A table of the settings whose values differ between the runs (empty for one run)."""
+    if len(runs) < 2:
+        return ""
+    flat = [flatten(run.config) for run in runs]
+    keys = sorted(k for k in set().union(*flat) if k not in IDENTITY_KEYS and len({json.dumps(f.get(k)) for f in flat}) > 1)
+    if not keys:
+        return "<p>The runs share every setting.</p>"
+    rows = [[key] + [json.dumps(f.get(key)) if not isinstance(f.get(key), str) else f[key] for f in flat] for key in keys]
+    return "<p>Settings that differ between the runs:</p>" + _table(["setting"] + [run.label for run in runs], rows, numeric_from=len(runs) + 1,
+                                                                     table_id="settings-table")
+
+
+SCORE_KEYS = ("knn", "knn_euclidean", "linear")
+
+
+def _same_scores(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Two evaluations of one baseline agree on every score both have (older runs may lack some)."""
+    return all(a.get(key, {})[k] == b.get(key, {})[k] for key in SCORE_KEYS for k in set(a.get(key) or {}) & set(b.get(key) or {}))
+
+
+def _evaluation_rows(runs: Sequence[RunRecord]) -> list[tuple[dict[str, Any], str, str, bool]]:
+    """(eval row, run labels, dataset, is baseline): the baselines once each, then every trained row.
+
+    Runs on one dataset share the raw-pixel baseline, and runs with one architecture and seed share the
+    random encoder: a baseline that agrees with an earlier one on every score they both have is merged
+    into it (the union of their scores), so it appears once with all its runs.
+    """
+    baselines: list[tuple[dict[str, Any], list[str], str]] = []
+    for run in runs:
+        for row in run.baseline_rows():
+            same = next((entry for entry in baselines if (entry[2], entry[0]["name"], entry[0]["dim"]) == (run.dataset, row["name"], row["dim"])
+                         and _same_scores(entry[0], row)), None)
+            if same is None:
+                baselines.append(({**row, **{key: dict(row.get(key) or {}) for key in SCORE_KEYS}}, [run.label], run.dataset))
+                continue
+            merged, labels, _ = same
+            for key in SCORE_KEYS:
+                merged[key].update(row.get(key) or {})
+            merged["geometry"] = merged.get("geometry") or row.get("geometry")
+            labels.append(run.label)
+    rows = [(row, ", ".join(labels), dataset, True) for row, labels, dataset in baselines]
+    return rows + [(row, run.label, run.dataset, False) for run in runs if (row := run.trained_row())]
+
+
+def accuracy_table(runs: Sequence[RunRecord]) -> str:
+    """Accuracies (%) of each trained encoder and of the baselines, the best of each column in bold."""
+    entries = _evaluation_rows(runs)
+    if not entries:
+        return ""
+    ks = sorted({int(k) for row, *_ in entries for k in row.get("knn", {})})
+    euclid = sorted({int(k) for row, *_ in entries for k in row.get("knn_euclidean", {})})
+    probes = sorted({p for row, *_ in entries for p in row.get("linear", {})})
+    header = (["representation", "run", "dataset", "dim"] + [f"kNN k={k}" for k in ks] + [f"kNN-euclid k={k}" for k in euclid]
+              + [f"linear {p}" for p in probes])
+    values = [[row.get("knn", {}).get(str(k)) for k in ks] + [row.get("knn_euclidean", {}).get(str(k)) for k in euclid]
+              + [row.get("linear", {}).get(p) for p in probes] for row, *_ in entries]
+    best = set()
+    for c in range(len(header) - 4):
+        column = [v[c] for v in values if v[c] is not None]
+        best |= {(r, c + 4) for r, v in enumerate(values) if column and v[c] == max(column)}
+    rows = [[row["name"], labels, dataset, str(row["dim"])] + [_cell(v, 2, 100) for v in vals]
+            for (row, labels, dataset, _), vals in zip(entries, values)]
+    return _table(header, rows, numeric_from=3, row_classes=["baseline" if e[3] else "" for e in entries], best=best,
+                  table_id="accuracy-table")
+
+
+def geometry_table(runs: Sequence[RunRecord]) -> str:
+    """Geometry of the test embeddings: the baselines (once where runs measured the same values; alignment
+    depends on each run's augmentation), every trained encoder, then each run's projections."""
+    baselines: dict[str, tuple[str, list[str], dict[str, Any]]] = {}
+    for run in runs:
+        for row in run.baseline_rows():
+            if geometry := row.get("geometry"):
+                scores = {key: value for key, value in geometry.items() if key != "spectrum"}
+                key = json.dumps([run.dataset, row["name"], scores], sort_keys=True)
+                baselines.setdefault(key, (row["name"], [], geometry))[1].append(run.label)
+    entries = [(name, ", ".join(labels), geometry, True) for name, labels, geometry in baselines.values()]
+    entries += [(row["name"], run.label, row.get("geometry"), False) for run in runs if (row := run.trained_row())]
+    entries += [(p["name"], run.label, p.get("geometry"), p["name"].startswith("random")) for run in runs
+                for p in (run.evaluation or {}).get("projections", [])]
+    entries = [e for e in entries if e[2]]
+    if not entries:
+        return ""
+    header = ["representation", "run", "dim", "alignment", "uniformity", "RankMe", "separability", "std"]
+    rows = [[name, labels, str(g["dim"]), _cell(g.get("alignment"), 3), _cell(g["uniformity"], 3), _cell(g["rankme"], 1),
+             _cell(g["separability"], 3), _cell(g["std"], 4)] for name, labels, g, _ in entries]
+    return _table(header, rows, numeric_from=2, row_classes=["baseline" if e[3] else "" for e in entries], table_id="geometry-table")
+
+
+def environment_section(run: RunRecord) -> str:
+    env = run.environment
+    hardware = env.get("gpu") or env.get("cpu_model") or "–"
+    facts = [("directory", str(run.path)), ("git commit", env.get("git", "unknown")), ("torch", env.get("torch", "?")),
+             ("python", env.get("python", "?")), ("platform", env.get("platform", "?")), ("device", env.get("device", "?")),
+             ("hardware", hardware), ("CPU cores / torch threads", f"{env.get('cpu_count', '?')} / {env.get('torch_threads', '?')}"),
+             ("command", env.get("command", "?"))]
+    for event in run.events:
+        if "resumed" in event:
+            resumed = event["resumed"]
+            facts.append((f"resumed at step {event.get('step')}",
+                          f"torch {resumed.get('torch', '?')} on {resumed.get('device', '?')}, git {resumed.get('git', '?')}"))
+    parts = [_table(["", ""], [[k, str(v)] for k, v in facts], numeric_from=2)]
+    parts += [f'<p class="error">Training stopped at step {event.get("step")}: {html.escape(str(event["error"]))}</p>'
+              for event in run.events if "error" in event]
+    if run.skipped_lines:
+        parts.append(f'<p class="note">{run.skipped_lines} unreadable line(s) of metrics.jsonl were skipped '
+                     "(a line cut short when the run was killed).</p>")
+    config_rows = [[key, json.dumps(value) if not isinstance(value, str) else value] for key, value in flatten(run.config).items()]
+    parts.append(f"<details><summary>config ({len(config_rows)} settings)</summary>{_table(['setting', 'value'], config_rows, numeric_from=2)}</details>")
+    return f'<details open><summary>{html.escape(run.label)}</summary>{"".join(parts)}</details>'
+
+
+FIGURES: list[tuple[str, str, Callable[[Sequence[RunRecord]], Any], str]] = [
+    ("loss", "Training loss terms", plots.loss_figure,
+     "Mean of each loss term over each logging window. The total is what the optimiser minimises; the other panels are its weighted parts."),
+    ("knn", "kNN accuracy over epochs", plots.knn_figure,
+     "Top-1 of a cosine kNN classifier on the test split, measured at the end of epochs from a fixed bank of training images "
+     "(eval.monitor_train_samples). Star: the final evaluation, which votes from the whole training set. Dotted: raw pixels "
+     "in the final evaluation, the bar a representation must clear."),
+    ("schedule", "Learning rate and EMA momentum τ", plots.schedule_figure,
+     "The learning rate (warm-up then decay) and, for methods with a target network, the EMA momentum τ that rises to 1."),
+    ("geometry", "Alignment, uniformity and rank over epochs", plots.geometry_figure,
+     "Wang & Isola's alignment (positive pairs) and uniformity (spread on the sphere), and RankMe, of the test features (top) "
+     "and projections (bottom). Collapse shows as uniformity rising to 0 and RankMe falling to 1."),
+    ("spectrum", "Singular spectrum of the test embeddings", plots.spectrum_figure,
+     "Singular values σ_k/σ_1 of the test embeddings after training (log scale); dashed: the baselines. A spectrum that "
+     "drops to ~0 after a few values is dimensional collapse, which uniformity can hide."),
+]
+
+
+MAP_CAPTION = ("t-SNE of the ℓ2-normalised encoder features of a fixed subset of test images, one colour per class. "
+               "Neighbourhoods are meaningful; the distances between clusters and their sizes are not.")
+
+
+def _png_uri(data: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(data).decode()
+
+
+def _safe_name(label: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in label)
+
+
+def write_report(run_dirs: Sequence[Path | str], out_dir: Path | str, *, title: str | None = None, tsne: bool = True,
+                 log: Callable[[str], object] = print) -> Path:
+    """Write ``out_dir/index.html`` (with each plot also as ``out_dir/*.png``) for the runs in ``run_dirs``.
+
+    Plots need matplotlib and the t-SNE map scikit-learn (``pip install 'nocollapse[report]'``);
+    without them the page says so and carries the tables and the other plots. ``tsne=False`` skips
+    the maps (t-SNE of 2000 test embeddings takes about 12 s per run on 2 CPU cores). Returns the
+    page's path.
+    """
+    runs = load_runs(list(run_dirs))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in [*out.glob("map-*.png"), *(out / f"{name}.png" for name, *_ in FIGURES)]:
+        stale.unlink(missing_ok=True)  # a plot that cannot be drawn this time must not show last time's
+    notes: list[str] = []
+    images: dict[str, bytes] = {}
+
+    def save(name: str, figure: Any) -> str:
+        data = plots.png_bytes(figure)
+        atomic_write_bytes(out / name, lambda file: file.write(data))
+        images[name] = data
+        return name
+
+    no_plots = plots.missing_extra("matplotlib")
+    if no_plots:
+        notes.append(no_plots)
+        log(f"report: {no_plots}")
+    sections = []
+    for name, heading, build, caption in FIGURES:
+        figure = None if no_plots else build(runs)
+        note = "" if figure is not None else ("no plots without matplotlib" if no_plots else "no run logged what this plot needs")
+        sections.append((name, heading, [PageFigure(save(f"{name}.png", figure) if figure is not None else None, caption, note)]))
+
+    maps = []
+    no_tsne = no_plots or plots.missing_extra("sklearn")
+    if tsne and no_tsne and not no_plots:
+        notes.append(no_tsne)
+        log(f"report: {no_tsne}")
+    for run in runs:
+        if not tsne:
+            maps.append(PageFigure(None, "", f"{run.label}: maps were turned off (--no-map)"))
+        elif no_tsne:
+            maps.append(PageFigure(None, "", f"{run.label}: no map ({'matplotlib' if no_plots else 'scikit-learn'} is not installed)"))
+        elif run.embeddings is None:
+            maps.append(PageFigure(None, "", f"{run.label}: no test_embeddings.pt; `nocollapse eval {run.path}` saves them"))
+        else:
+            embeddings = run.embeddings
+            log(f"report: t-SNE of {len(embeddings.labels)} test embeddings of {run.label} …")
+            coordinates = plots.tsne_map(embeddings.features, seed=int(run.config.get("run", {}).get("seed", 0)))
+            figure = plots.map_figure(coordinates, embeddings.labels, embeddings.classes,
+                                      f"{run.label}: t-SNE of {len(embeddings.labels)} test features")
+            maps.append(PageFigure(save(f"map-{_safe_name(run.label)}.png", figure), run.label))
+    sections.append(("map", "Map of the test embeddings", maps))
+
+    page = render_page(runs, sections, images, notes, title or ("nocollapse report: " + ", ".join(run.label for run in runs)))
+    path = out / REPORT_FILE
+    atomic_write_bytes(path, lambda file: file.write(page.encode()))
+    return path
+
+
+def render_page(runs: Sequence[RunRecord], sections: list[tuple[str, str, list[PageFigure]]], images: dict[str, bytes], notes: list[str],
+                title: str) -> str:
+    generated = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    nav = [("training", "runs"), ("accuracy", "accuracy"), ("geometry-scores", "geometry")] + [(name, name) for name, *_ in sections] + [("environment", "environment")]
+    parts = [f"<h1>{html.escape(title)}</h1>", f'<p class="lede">{len(runs)} run(s), report generated {generated}</p>',
+             "<nav>" + "".join(f'<a href="#{i}">{html.escape(t)}</a>' for i, t in nav) + "</nav>"]
+    parts += [f'<p class="note">{html.escape(note)}</p>' for note in notes]
+    parts.append(f'<section id="training"><h2>What was trained</h2>{training_table(runs)}{differing_settings(runs)}</section>')
+    accuracy = accuracy_table(runs) or '<p class="note">No run has been evaluated yet: `nocollapse eval RUN_DIR` scores one.</p>'
+    parts.append('<section id="accuracy"><h2>Accuracy against the baselines</h2>'
+                 '<p class="caption">Top-1 accuracy (%) on the test split: cosine kNN (temperature-weighted votes) and a linear probe on '
+                 'frozen features. Grey rows are the baselines: raw pixels, and the same encoder at its initialisation. Bold: best of the column.</p>'
+                 f"{accuracy}</section>")
+    geometry = geometry_table(runs) or '<p class="note">No geometry: the runs have not been evaluated.</p>'
+    parts.append('<section id="geometry-scores"><h2>Geometry of the test embeddings</h2>'
+                 '<p class="caption">Alignment and uniformity (Wang &amp; Isola; lower is better for both), RankMe (effective rank, at most dim), '
+                 'class separability (inter- over intra-class cosine distance), and the mean per-dimension std of normalised embeddings '
+                 '(≈ 1/√dim when spread, 0 when collapsed). Projections are the outputs the loss acts on.</p>'
+                 f"{geometry}</section>")
+    for name, heading, figures in sections:
+        body = []
+        for figure in figures:
+            if figure.file:
+                alt = html.escape(f"{heading}: {figure.caption}")
+                img = f'<img src="{_png_uri(images[figure.file])}" alt="{alt}" data-file="{html.escape(figure.file)}">'
+                body.append(f"<figure>{img}</figure>" if name == "map" else img)
+                if name != "map":
+                    body.append(f'<p class="caption">{html.escape(figure.caption)}</p>')
+            else:
+                body.append(f'<p class="note">{html.escape(figure.note)}</p>')
+        inner = f'<div class="maps">{"".join(body)}</div><p class="caption">{MAP_CAPTION}</p>' if name == "map" else "".join(body)
+        parts.append(f'<section id="{name}"><h2>{html.escape(heading)}</h2>{inner}</section>')
+    parts.append('<section id="environment"><h2>Environment and configuration</h2>'
+                 + "".join(environment_section(run) for run in runs) + "</section>")
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">'
+            f"<title>{html.escape(title)}</title><style>{STYLE}</style></head><body><main>{''.join(parts)}</main></body></html>\n")

@@ -1,0 +1,156 @@
+"""A run directory read back for a report: config, environment, metric lines, evaluation, test embeddings.
+
+Reading is tolerant where a run may legitimately lack something (a run still training has no
+``eval.json``; a run evaluated by an older version has no ``test_embeddings.pt``; the last metric
+line of a killed run may be cut short) and strict where the directory is not a run at all.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nocollapse.config import Config
+from nocollapse.errors import UserError
+from nocollapse.train.evaluation import EMBEDDINGS_FILE, EVAL_FILE
+from nocollapse.train.loop import METRICS
+
+# Keys of a training-window metric line that are not loss terms.
+WINDOW_KEYS = {"step", "epoch", "lr", "tau", "img/s", "loss"}
+
+
+@dataclass
+class TestEmbeddings:
+    """The trained encoder's features of a fixed subset of test images (``test_embeddings.pt``)."""
+
+    features: torch.Tensor  # (N, D) float32
+    labels: torch.Tensor  # (N,) int64
+    classes: list[str]
+
+
+@dataclass
+class RunRecord:
+    """Everything a report shows about one run.
+
+    ``windows`` are the training-window lines of ``metrics.jsonl`` (mean loss terms, lr, τ, img/s
+    since the previous line), ``monitors`` the per-epoch lines (kNN, geometry), ``events`` the resume
+    and error lines; ``evaluation`` is ``eval.json`` (None before evaluation).
+    """
+
+    path: Path
+    label: str
+    config: dict[str, Any]
+    environment: dict[str, Any]
+    windows: list[dict[str, Any]] = field(default_factory=list)
+    monitors: list[dict[str, Any]] = field(default_factory=list)
+    events: list[dict[str, Any]] = field(default_factory=list)
+    evaluation: dict[str, Any] | None = None
+    embeddings: TestEmbeddings | None = None
+    skipped_lines: int = 0
+
+    @property
+    def method(self) -> str:
+        return str(self.config.get("method", {}).get("name", "?"))
+
+    @property
+    def dataset(self) -> str:
+        return str(self.config.get("data", {}).get("dataset", "?"))
+
+    def loss_terms(self) -> list[str]:
+        """The names of the loss terms logged, in first-seen order, the total ``loss`` first."""
+        names = ["loss"] if any("loss" in w for w in self.windows) else []
+        for window in self.windows:
+            names += [key for key in window if key not in WINDOW_KEYS and key not in names and isinstance(window[key], (int, float))]
+        return names
+
+    def trained_row(self) -> dict[str, Any] | None:
+        """The evaluation row of the trained encoder (the last row of ``eval.json``), or None."""
+        rows = (self.evaluation or {}).get("rows", [])
+        return rows[-1] if rows else None
+
+    def baseline_rows(self) -> list[dict[str, Any]]:
+        """The evaluation rows before the trained one: raw pixels and the random encoder."""
+        return (self.evaluation or {}).get("rows", [])[:-1]
+
+
+def knn_key(record: dict[str, Any]) -> str | None:
+    """The ``knn_top1_k<k>`` key of a monitor line, or None."""
+    return next((key for key in record if key.startswith("knn_top1_k")), None)
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise UserError(f"{path} is not valid JSON ({error}); the file is damaged") from None
+
+
+def _complete_config(saved: dict[str, Any]) -> dict[str, Any]:
+    """The saved config with the settings it predates filled with their defaults (as `nocollapse eval`
+    reads it), so runs from different versions compare setting by setting; as saved if it does not parse."""
+    try:
+        return Config.from_dict(saved).to_dict()
+    except (UserError, ValueError, TypeError):
+        return saved
+
+
+def read_metrics(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]], int]:
+    """(windows, monitor lines, events, lines skipped) of a ``metrics.jsonl``; unreadable lines are skipped."""
+    windows, monitors, events, skipped = [], [], [], 0
+    if not path.is_file():
+        return windows, monitors, events, skipped
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            skipped += 1  # a line cut short when the run was killed
+            continue
+        if not isinstance(record, dict):
+            skipped += 1
+        elif "resumed" in record or "error" in record:
+            events.append(record)
+        elif "loss" in record:
+            windows.append(record)
+        elif knn_key(record) or "geometry" in record:
+            monitors.append(record)
+        else:
+            skipped += 1
+    return windows, monitors, events, skipped
+
+
+def read_embeddings(path: Path) -> TestEmbeddings | None:
+    """``test_embeddings.pt`` if present and well-formed, else None (the map is then left out)."""
+    if not path.is_file():
+        return None
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        return TestEmbeddings(saved["features"].float(), saved["labels"].long(), list(saved["classes"]))
+    except Exception:  # a damaged file costs the map, not the report
+        return None
+
+
+def load_run(run_dir: Path | str, label: str | None = None) -> RunRecord:
+    """Read ``run_dir`` (a directory ``nocollapse train`` wrote) for a report."""
+    path = Path(run_dir)
+    if not (path / "config.json").is_file():
+        raise UserError(f"{path} is not a nocollapse run directory (no config.json); pass directories that `nocollapse train` wrote")
+    environment = _read_json(path / "environment.json") if (path / "environment.json").is_file() else {}
+    windows, monitors, events, skipped = read_metrics(path / METRICS)
+    evaluation = _read_json(path / EVAL_FILE) if (path / EVAL_FILE).is_file() else None
+    return RunRecord(path=path, label=label or path.resolve().name, config=_complete_config(_read_json(path / "config.json")), environment=environment,
+                     windows=windows, monitors=monitors, events=events, evaluation=evaluation,
+                     embeddings=read_embeddings(path / EMBEDDINGS_FILE), skipped_lines=skipped)
+
+
+def load_runs(run_dirs: list[Path | str]) -> list[RunRecord]:
+    """Read several runs, labelled by directory name (with the parent's name where two names clash)."""
+    if not run_dirs:
+        raise UserError("no run directories given; pass one or more directories that `nocollapse train` wrote")
+    paths = [Path(p).resolve() for p in run_dirs]
+    names = [p.name for p in paths]
+    labels = [f"{p.parent.name}/{p.name}" if names.count(p.name) > 1 else p.name for p in paths]
+    return [load_run(p, label) for p, label in zip(paths, labels)]
