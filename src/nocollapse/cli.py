@@ -72,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_train(args: argparse.Namespace) -> None:
+    import torch
+
     from nocollapse.config import resolve_config
     from nocollapse.train.loop import Trainer, resume_config, run_directory
 
@@ -84,7 +86,13 @@ def run_train(args: argparse.Namespace) -> None:
     if args.resume:  # the run's own settings; only what cannot change its trajectory may be overridden
         config = resume_config(run_directory(config), overrides)
     trainer = Trainer(config, resume=args.resume, progress=not args.quiet)
-    run_dir = trainer.fit()
+    try:
+        run_dir = trainer.fit()
+    finally:
+        if trainer.dist.enabled:
+            torch.distributed.destroy_process_group()
+    if not trainer.dist.is_main:
+        return  # rank 0 evaluates and reports; the other processes are done
     if not args.no_eval:
         from nocollapse.train.evaluation import evaluate_run
 
