@@ -19,11 +19,12 @@ from nocollapse.cli import main
 from nocollapse.config import resolve_config
 from nocollapse.errors import UserError
 from nocollapse.report import load_run, write_report
-from nocollapse.report.html import FIGURES
 from nocollapse.train.evaluation import evaluate_run
 from nocollapse.train.loop import Trainer
 
-SECTIONS = ["training", "accuracy", "geometry-scores", *(name for name, *_ in FIGURES), "map", "environment"]
+# Spelled out, not derived from the code: dropping a required plot must fail the tests.
+SECTIONS = ["training", "accuracy", "geometry-scores", "loss", "knn", "schedule", "geometry", "spectrum", "map", "environment"]
+PLOTS = {"loss.png", "knn.png", "schedule.png", "geometry.png", "spectrum.png"}
 quiet = lambda *_: None
 
 
@@ -100,7 +101,7 @@ def test_the_page_has_every_section_and_a_figure_in_each(report):
     out, page = report
     assert page.sections == SECTIONS
     files = {image["data-file"] for image in page.images}
-    assert files == {f"{name}.png" for name, *_ in FIGURES} | {"map-byol.png", "map-byol-unif.png"}
+    assert files == PLOTS | {"map-1-byol.png", "map-2-byol-unif.png"}
     assert not page.notes, page.notes  # nothing missing
 
 
@@ -175,7 +176,7 @@ def test_the_loss_plot_has_a_panel_for_each_term_of_either_run(two_runs):
 
 @pytest.mark.parametrize("module, missing, kept", [
     ("matplotlib", "matplotlib is not installed", set()),
-    ("sklearn", "scikit-learn is not installed", {f"{name}.png" for name, *_ in FIGURES}),
+    ("sklearn", "scikit-learn is not installed", PLOTS),
 ])
 def test_a_missing_extra_gives_a_message_and_a_page_without_its_plots(two_runs, tmp_path, monkeypatch, module, missing, kept):
     monkeypatch.setitem(sys.modules, module, None)  # import fails as if the package were not installed
@@ -193,6 +194,7 @@ def test_a_run_that_is_training_or_was_killed_still_gets_a_page(tiny_data, tmp_p
     config = resolve_config("fmnist", [*TINY_RUN, f"data.data_dir={tiny_data}", f"run.out_dir={tmp_path}", "run.device=cpu", "run.name=raw"])
     run_dir = Trainer(config, progress=False, log=quiet).fit()
     with open(run_dir / "metrics.jsonl", "a") as file:
+        file.write('{"step": 8, "epoch": 2.0, "error": "the loss became non-finite"}\n')
         file.write('{"step": 9, "lo')  # a line cut short by a kill
     page = Page(write_report([run_dir], tmp_path / "page", log=quiet).read_text())
     assert page.sections == SECTIONS
@@ -200,7 +202,7 @@ def test_a_run_that_is_training_or_was_killed_still_gets_a_page(tiny_data, tmp_p
     assert any("1 unreadable line(s)" in note for note in page.notes)
     assert any("no test_embeddings.pt" in note for note in page.notes)
     assert {"loss.png", "knn.png", "geometry.png"} <= {image["data-file"] for image in page.images}
-    assert page.tables["training-table"][1][5] == "trained, not evaluated"
+    assert page.tables["training-table"][1][5] == "stopped: the loss became non-finite"
 
 
 def test_report_refuses_a_directory_that_is_not_a_run(tmp_path, capsys):
@@ -215,7 +217,7 @@ def test_cli_report_writes_the_comparison(two_runs, tmp_path, capsys):
     assert main(["report", *map(str, two_runs), "--out", str(tmp_path), "--no-map", "--title", "two runs"]) == 0
     assert str(tmp_path / "index.html") in capsys.readouterr().out
     page = Page((tmp_path / "index.html").read_text())
-    assert not (tmp_path / "map-byol.png").exists()
+    assert not list(tmp_path.glob("map-*.png"))
     assert any("maps were turned off" in note for note in page.notes)
 
 
@@ -223,7 +225,7 @@ def test_training_from_the_cli_writes_the_runs_report(tiny_data, tmp_path, capsy
     args = ["train", "--quiet", "--data-dir", str(tiny_data), *TINY_RUN, "eval.linear_probe=false", f"run.out_dir={tmp_path}", "run.name=cli"]
     assert main(args) == 0
     page = Page((tmp_path / "cli" / "report" / "index.html").read_text())
-    assert page.sections == SECTIONS and "map-cli.png" in {image["data-file"] for image in page.images}
+    assert page.sections == SECTIONS and "map-1-cli.png" in {image["data-file"] for image in page.images}
 
 
 def test_tensorboard_scalars_mirror_the_metrics_file(tiny_data, tmp_path):
@@ -297,3 +299,44 @@ def test_report_files_get_the_permissions_of_ordinary_files(report):
     umask = os.umask(0)
     os.umask(umask)
     assert {(path.stat().st_mode & 0o777) for path in out.iterdir()} == {0o666 & ~umask}
+
+
+def test_collapsed_or_broken_embeddings_give_a_note_instead_of_a_map(two_runs, tmp_path):
+    run_dir = tmp_path / "collapsed"
+    shutil.copytree(two_runs[0], run_dir)
+    saved = torch.load(run_dir / "test_embeddings.pt", weights_only=True)
+    saved["features"] = torch.ones_like(saved["features"])  # every embedding the same: t-SNE would crash the process
+    torch.save(saved, run_dir / "test_embeddings.pt")
+    page = Page(write_report([run_dir], tmp_path / "page", log=quiet).read_text())
+    assert any("collapsed" in note for note in page.notes) and not list((tmp_path / "page").glob("map-*.png"))
+    (run_dir / "test_embeddings.pt").write_bytes(b"not a tensor file")
+    page = Page(write_report([run_dir], tmp_path / "page", log=quiet).read_text())
+    assert any("is damaged" in note for note in page.notes)
+
+
+def test_a_malformed_eval_json_is_a_clear_error(two_runs, tmp_path):
+    run_dir = tmp_path / "bad"
+    shutil.copytree(two_runs[0], run_dir)
+    for content in ('{"rows": "x"}', '{"rows": [{"dim": 3}]}', '{"rows": [{"name": "a", "dim": 3, "geometry": {"dim": 3}}]}'):
+        (run_dir / "eval.json").write_text(content)
+        with pytest.raises(UserError, match="is not an evaluation nocollapse wrote"):
+            write_report([run_dir], tmp_path / "page")
+
+
+def test_the_same_run_twice_gets_two_labels_and_two_maps(two_runs, tmp_path):
+    page = Page(write_report([two_runs[0], two_runs[0]], tmp_path, log=quiet).read_text())
+    labels = [row[0] for row in page.tables["training-table"][1:]]
+    assert len(set(labels)) == 2 and all(label.endswith(("byol #1", "byol #2")) for label in labels)
+    assert len({image["data-file"] for image in page.images if image["data-file"].startswith("map-")}) == 2
+
+
+def test_a_report_that_fails_costs_the_page_not_the_run(tiny_data, tmp_path, capsys, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("plotting exploded")
+
+    monkeypatch.setattr("nocollapse.report.write_report", broken)
+    args = ["train", "--quiet", "--data-dir", str(tiny_data), *TINY_RUN, "eval.linear_probe=false", f"run.out_dir={tmp_path}", "run.name=cli"]
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    assert "report: not written (RuntimeError: plotting exploded); retry with `nocollapse report" in captured.err
+    assert "run saved in" in captured.out and (tmp_path / "cli" / "eval.json").is_file()

@@ -88,6 +88,10 @@ def run_train(args: argparse.Namespace) -> None:
     trainer = Trainer(config, resume=args.resume, progress=not args.quiet)
     try:
         run_dir = trainer.fit()
+    except UserError:  # stopped by a fault: the report shows where and why, beside the curves up to it
+        if not args.no_report and trainer.dist.is_main:
+            write_run_report(trainer.run_dir)
+        raise
     finally:
         if trainer.dist.enabled:
             torch.distributed.destroy_process_group()
@@ -104,10 +108,16 @@ def run_train(args: argparse.Namespace) -> None:
 
 
 def write_run_report(run_dir: Path) -> None:
-    """The run's own report, RUN_DIR/report/index.html."""
+    """The run's own report, RUN_DIR/report/index.html. A failure here costs the page, never the run:
+    it is reported with the command that retries it."""
     from nocollapse.report import write_report
 
-    page = write_report([run_dir], run_dir / "report")
+    try:
+        page = write_report([run_dir], run_dir / "report")
+    except Exception as error:  # noqa: BLE001 - the run is saved whatever went wrong with its page
+        print(f"report: not written ({type(error).__name__}: {error}); retry with "
+              f"`nocollapse report {run_dir} --out {run_dir / 'report'}`", file=sys.stderr)
+        return
     print(f"report: {page}")
 
 

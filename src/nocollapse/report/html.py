@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from nocollapse.config import flatten
+from nocollapse.errors import UserError
 from nocollapse.report import plots
 from nocollapse.report.runs import RunRecord, knn_key, load_runs
 from nocollapse.train.checkpoint import atomic_write_bytes
@@ -62,6 +63,7 @@ class PageFigure:
 
 
 def _cell(value: Any, digits: int = 2, scale: float = 1.0) -> str:
+    """A number as ``scale·value`` with ``digits`` decimals, a missing one as a dash, anything else as text."""
     if value is None:
         return "–"
     if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -70,7 +72,7 @@ def _cell(value: Any, digits: int = 2, scale: float = 1.0) -> str:
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]], *, numeric_from: int, row_classes: Sequence[str] = (),
-           best: set[tuple[int, int]] = frozenset(), table_id: str = "") -> str:
+           best: frozenset[tuple[int, int]] | set[tuple[int, int]] = frozenset(), table_id: str = "") -> str:
     """An HTML table of already-formatted cells; columns from ``numeric_from`` on are right-aligned."""
     head = "".join(f'<th class="num">{html.escape(h)}</th>' if i >= numeric_from else f"<th>{html.escape(h)}</th>" for i, h in enumerate(header))
     body = []
@@ -87,6 +89,7 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]], *, numeric_from
 
 
 def _status(run: RunRecord) -> str:
+    """Where the run stands, from its files: stopped by a fault, evaluated, trained, or still going."""
     errors = [event["error"] for event in run.events if "error" in event]
     resumes = sum("resumed" in event for event in run.events)
     if errors:
@@ -101,6 +104,7 @@ def _status(run: RunRecord) -> str:
 
 
 def training_table(runs: Sequence[RunRecord]) -> str:
+    """One row per run: what it trained, how far it got, its last loss, kNN and speed."""
     header = ["run", "method", "preset", "dataset", "backbone", "status", "epoch", "steps", "batch", "final loss", "last kNN (%)", "median img/s"]
     rows = []
     for run in runs:
@@ -132,8 +136,9 @@ SCORE_KEYS = ("knn", "knn_euclidean", "linear")
 
 
 def _same_scores(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    """Two evaluations of one baseline agree on every score both have (older runs may lack some)."""
-    return all(a.get(key, {})[k] == b.get(key, {})[k] for key in SCORE_KEYS for k in set(a.get(key) or {}) & set(b.get(key) or {}))
+    """Two evaluations of one baseline agree on every score both have (older runs may lack some), and share at least one."""
+    shared = [(key, k) for key in SCORE_KEYS for k in set(a.get(key) or {}) & set(b.get(key) or {})]
+    return bool(shared) and all(a[key][k] == b[key][k] for key, k in shared)
 
 
 def _evaluation_rows(runs: Sequence[RunRecord]) -> list[tuple[dict[str, Any], str, str, bool]]:
@@ -172,10 +177,12 @@ def accuracy_table(runs: Sequence[RunRecord]) -> str:
               + [f"linear {p}" for p in probes])
     values = [[row.get("knn", {}).get(str(k)) for k in ks] + [row.get("knn_euclidean", {}).get(str(k)) for k in euclid]
               + [row.get("linear", {}).get(p) for p in probes] for row, *_ in entries]
-    best = set()
-    for c in range(len(header) - 4):
-        column = [v[c] for v in values if v[c] is not None]
-        best |= {(r, c + 4) for r, v in enumerate(values) if column and v[c] == max(column)}
+    best = set()  # the best of each column among the rows of one dataset: accuracies of different datasets do not compare
+    for dataset in {e[2] for e in entries}:
+        rows_of = [r for r, e in enumerate(entries) if e[2] == dataset]
+        for c in range(len(header) - 4):
+            column = [values[r][c] for r in rows_of if values[r][c] is not None]
+            best |= {(r, c + 4) for r in rows_of if column and values[r][c] == max(column)}
     rows = [[row["name"], labels, dataset, str(row["dim"])] + [_cell(v, 2, 100) for v in vals]
             for (row, labels, dataset, _), vals in zip(entries, values)]
     return _table(header, rows, numeric_from=3, row_classes=["baseline" if e[3] else "" for e in entries], best=best,
@@ -206,6 +213,7 @@ def geometry_table(runs: Sequence[RunRecord]) -> str:
 
 
 def environment_section(run: RunRecord) -> str:
+    """A run's code version, software, hardware, command, resumes, faults and full config."""
     env = run.environment
     hardware = env.get("gpu") or env.get("cpu_model") or "–"
     facts = [("directory", str(run.path)), ("git commit", env.get("git", "unknown")), ("torch", env.get("torch", "?")),
@@ -255,6 +263,7 @@ def _png_uri(data: bytes) -> str:
 
 
 def _safe_name(label: str) -> str:
+    """``label`` with only letters, digits, ``-`` and ``_``: a file name on any system."""
     return "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in label)
 
 
@@ -269,8 +278,10 @@ def write_report(run_dirs: Sequence[Path | str], out_dir: Path | str, *, title: 
     """
     runs = load_runs(list(run_dirs))
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; give a directory for index.html and the PNG files")
     out.mkdir(parents=True, exist_ok=True)
-    for stale in [*out.glob("map-*.png"), *(out / f"{name}.png" for name, *_ in FIGURES)]:
+    for stale in [*out.glob("map-[0-9]*-*.png"), *(out / f"{name}.png" for name, *_ in FIGURES)]:
         stale.unlink(missing_ok=True)  # a plot that cannot be drawn this time must not show last time's
     notes: list[str] = []
     images: dict[str, bytes] = {}
@@ -296,20 +307,22 @@ def write_report(run_dirs: Sequence[Path | str], out_dir: Path | str, *, title: 
     if tsne and no_tsne and not no_plots:
         notes.append(no_tsne)
         log(f"report: {no_tsne}")
-    for run in runs:
+    for index, run in enumerate(runs, start=1):
         if not tsne:
             maps.append(PageFigure(None, "", f"{run.label}: maps were turned off (--no-map)"))
         elif no_tsne:
             maps.append(PageFigure(None, "", f"{run.label}: no map ({'matplotlib' if no_plots else 'scikit-learn'} is not installed)"))
         elif run.embeddings is None:
-            maps.append(PageFigure(None, "", f"{run.label}: no test_embeddings.pt; `nocollapse eval {run.path}` saves them"))
+            maps.append(PageFigure(None, "", f"{run.label}: {run.embeddings_problem}"))
+        elif problem := plots.unmappable(run.embeddings.features):
+            maps.append(PageFigure(None, "", f"{run.label}: no map, {problem}"))
         else:
             embeddings = run.embeddings
             log(f"report: t-SNE of {len(embeddings.labels)} test embeddings of {run.label} …")
             coordinates = plots.tsne_map(embeddings.features, seed=int(run.config.get("run", {}).get("seed", 0)))
             figure = plots.map_figure(coordinates, embeddings.labels, embeddings.classes,
                                       f"{run.label}: t-SNE of {len(embeddings.labels)} test features")
-            maps.append(PageFigure(save(f"map-{_safe_name(run.label)}.png", figure), run.label))
+            maps.append(PageFigure(save(f"map-{index}-{_safe_name(run.label)}.png", figure), run.label))
     sections.append(("map", "Map of the test embeddings", maps))
 
     page = render_page(runs, sections, images, notes, title or ("nocollapse report: " + ", ".join(run.label for run in runs)))
@@ -320,6 +333,7 @@ def write_report(run_dirs: Sequence[Path | str], out_dir: Path | str, *, title: 
 
 def render_page(runs: Sequence[RunRecord], sections: list[tuple[str, str, list[PageFigure]]], images: dict[str, bytes], notes: list[str],
                 title: str) -> str:
+    """The page's HTML: tables first, then each section's figures (inline PNG) or the note saying why it has none."""
     generated = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     nav = [("training", "runs"), ("accuracy", "accuracy"), ("geometry-scores", "geometry")] + [(name, name) for name, *_ in sections] + [("environment", "environment")]
     parts = [f"<h1>{html.escape(title)}</h1>", f'<p class="lede">{len(runs)} run(s), report generated {generated}</p>',
@@ -329,7 +343,7 @@ def render_page(runs: Sequence[RunRecord], sections: list[tuple[str, str, list[P
     accuracy = accuracy_table(runs) or '<p class="note">No run has been evaluated yet: `nocollapse eval RUN_DIR` scores one.</p>'
     parts.append('<section id="accuracy"><h2>Accuracy against the baselines</h2>'
                  '<p class="caption">Top-1 accuracy (%) on the test split: cosine kNN (temperature-weighted votes) and a linear probe on '
-                 'frozen features. Grey rows are the baselines: raw pixels, and the same encoder at its initialisation. Bold: best of the column.</p>'
+                 'frozen features. Grey rows are the baselines: raw pixels, and the same encoder at its initialisation. Bold: best of the column for its dataset.</p>'
                  f"{accuracy}</section>")
     geometry = geometry_table(runs) or '<p class="note">No geometry: the runs have not been evaluated.</p>'
     parts.append('<section id="geometry-scores"><h2>Geometry of the test embeddings</h2>'

@@ -242,9 +242,24 @@ def spectrum_figure(runs: Sequence[RunRecord]) -> Figure | None:
     return figure
 
 
+def unmappable(features: torch.Tensor) -> str | None:
+    """Why the features cannot be mapped (non-finite values, too few rows, every row the same
+    direction: a collapsed encoder), or None. scikit-learn's t-SNE fails, or even crashes the
+    process, on such input."""
+    if features.shape[0] < 4:
+        return f"only {features.shape[0]} test embeddings were saved; t-SNE needs at least 4"
+    if not torch.isfinite(features).all():
+        return "the test embeddings hold NaN or infinite values"
+    unit = torch.nn.functional.normalize(features.double(), dim=1)
+    if unit.std(dim=0).max() < 1e-6:
+        return "every test embedding points the same way (collapsed), so there is nothing to map"
+    return None
+
+
 def tsne_map(features: torch.Tensor, *, seed: int = 0) -> torch.Tensor:
     """2-D t-SNE (scikit-learn, PCA initialisation, perplexity 30) of the ℓ2-normalised (N, D) features:
-    after normalisation, Euclidean neighbours are the cosine neighbours the kNN evaluation uses."""
+    after normalisation, Euclidean neighbours are the cosine neighbours the kNN evaluation uses.
+    Check :func:`unmappable` first."""
     from sklearn.manifold import TSNE
 
     unit = torch.nn.functional.normalize(features.double(), dim=1).numpy()

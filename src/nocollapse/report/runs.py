@@ -19,6 +19,7 @@ from nocollapse.errors import UserError
 from nocollapse.train.evaluation import EMBEDDINGS_FILE, EVAL_FILE
 from nocollapse.train.loop import METRICS
 
+GEOMETRY_KEYS = {"dim", "uniformity", "rankme", "separability", "std"}
 # Keys of a training-window metric line that are not loss terms.
 WINDOW_KEYS = {"step", "epoch", "lr", "tau", "img/s", "loss"}
 
@@ -50,6 +51,7 @@ class RunRecord:
     events: list[dict[str, Any]] = field(default_factory=list)
     evaluation: dict[str, Any] | None = None
     embeddings: TestEmbeddings | None = None
+    embeddings_problem: str = ""  # why ``embeddings`` is None
     skipped_lines: int = 0
 
     @property
@@ -122,15 +124,38 @@ def read_metrics(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]
     return windows, monitors, events, skipped
 
 
-def read_embeddings(path: Path) -> TestEmbeddings | None:
-    """``test_embeddings.pt`` if present and well-formed, else None (the map is then left out)."""
+def read_embeddings(path: Path) -> tuple[TestEmbeddings | None, str]:
+    """(``test_embeddings.pt``, "") when present and well-formed, else (None, why): a damaged file costs
+    the map, not the report."""
     if not path.is_file():
-        return None
+        return None, f"no {path.name}; `nocollapse eval {path.parent}` saves it"
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
-        return TestEmbeddings(saved["features"].float(), saved["labels"].long(), list(saved["classes"]))
-    except Exception:  # a damaged file costs the map, not the report
-        return None
+        embeddings = TestEmbeddings(saved["features"].float(), saved["labels"].long(), list(saved["classes"]))
+    except Exception as error:
+        return None, f"{path} is damaged ({type(error).__name__}); `nocollapse eval {path.parent}` writes it again"
+    if embeddings.features.ndim != 2 or embeddings.labels.shape != embeddings.features.shape[:1]:
+        return None, f"{path} holds features {tuple(embeddings.features.shape)} and labels {tuple(embeddings.labels.shape)} that do not match"
+    return embeddings, ""
+
+
+def check_evaluation(evaluation: Any, path: Path) -> dict[str, Any]:
+    """``eval.json`` as written by ``nocollapse eval``: rows with a name, a dim and their scores; else a UserError."""
+    def fail(what: str) -> UserError:
+        return UserError(f"{path} is not an evaluation nocollapse wrote ({what}); run `nocollapse eval {path.parent}` to rewrite it")
+
+    if not isinstance(evaluation, dict) or not isinstance(evaluation.get("rows", []), list):
+        raise fail("no list of rows")
+    entries = [*evaluation.get("rows", []), *evaluation.get("projections", [])]
+    for row in entries:
+        if not isinstance(row, dict) or not isinstance(row.get("name"), str) or not isinstance(row.get("dim"), int):
+            raise fail("a row without a name or dim")
+        geometry = row.get("geometry")
+        if geometry is not None and not (isinstance(geometry, dict) and GEOMETRY_KEYS <= geometry.keys()):
+            raise fail(f"geometry without {sorted(GEOMETRY_KEYS)}")
+        if not all(isinstance(row.get(key, {}), dict) for key in ("knn", "knn_euclidean", "linear")):
+            raise fail("scores that are not tables")
+    return evaluation
 
 
 def load_run(run_dir: Path | str, label: str | None = None) -> RunRecord:
@@ -140,17 +165,23 @@ def load_run(run_dir: Path | str, label: str | None = None) -> RunRecord:
         raise UserError(f"{path} is not a nocollapse run directory (no config.json); pass directories that `nocollapse train` wrote")
     environment = _read_json(path / "environment.json") if (path / "environment.json").is_file() else {}
     windows, monitors, events, skipped = read_metrics(path / METRICS)
-    evaluation = _read_json(path / EVAL_FILE) if (path / EVAL_FILE).is_file() else None
-    return RunRecord(path=path, label=label or path.resolve().name, config=_complete_config(_read_json(path / "config.json")), environment=environment,
-                     windows=windows, monitors=monitors, events=events, evaluation=evaluation,
-                     embeddings=read_embeddings(path / EMBEDDINGS_FILE), skipped_lines=skipped)
+    evaluation = check_evaluation(_read_json(path / EVAL_FILE), path / EVAL_FILE) if (path / EVAL_FILE).is_file() else None
+    config = _read_json(path / "config.json")
+    if not isinstance(config, dict):
+        raise UserError(f"{path / 'config.json'} is not a nocollapse config (not a JSON object)")
+    embeddings, embeddings_problem = read_embeddings(path / EMBEDDINGS_FILE)
+    return RunRecord(path=path, label=label or path.resolve().name, config=_complete_config(config),
+                     environment=environment if isinstance(environment, dict) else {}, windows=windows, monitors=monitors, events=events,
+                     evaluation=evaluation, embeddings=embeddings, embeddings_problem=embeddings_problem, skipped_lines=skipped)
 
 
 def load_runs(run_dirs: list[Path | str]) -> list[RunRecord]:
-    """Read several runs, labelled by directory name (with the parent's name where two names clash)."""
+    """Read several runs, labelled by directory name (with the parent's name where two names clash, and a
+    number where they still do): labels key colours, rows and files, so they must differ."""
     if not run_dirs:
         raise UserError("no run directories given; pass one or more directories that `nocollapse train` wrote")
     paths = [Path(p).resolve() for p in run_dirs]
     names = [p.name for p in paths]
     labels = [f"{p.parent.name}/{p.name}" if names.count(p.name) > 1 else p.name for p in paths]
+    labels = [f"{label} #{i + 1}" if labels.count(label) > 1 else label for i, label in enumerate(labels)]
     return [load_run(p, label) for p, label in zip(paths, labels)]
