@@ -146,15 +146,20 @@ def test_a_two_process_run_checkpoints_and_resumes_to_the_uninterrupted_weights(
     assert not list(tmp_path.glob("*/weights-rank1.pt"))
 
 
-def test_torchrun_trains_and_rank_zero_evaluates(tmp_path):
+@pytest.mark.parametrize("method", [
+    ["regularizers.uniformity=1"],
+    ["method.name=msbreg", "augment.num_views=4", "regularizers.singular_value=30", "regularizers.brownian=0.1"],
+    ["method.name=sfrik", "model.projection_dim=32"],
+], ids=["byol+uniformity", "msbreg", "sfrik"])
+def test_torchrun_trains_and_rank_zero_evaluates(tmp_path, method):
     data = write_tiny_fashion_mnist(tmp_path / "data")
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}", "-m", "nocollapse",
                "train", "--quiet", "--no-report", *TINY_RUN, "eval.linear_probe=false", f"data.data_dir={data}", f"run.out_dir={tmp_path}",
-               "run.name=ddp", "run.device=cpu", "regularizers.uniformity=1"]
+               "run.name=ddp", "run.device=cpu", *method]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.count("training byol on") == 1 and result.stdout.count("run saved in") == 1  # rank 0 alone speaks
-    assert "byol convnet" in result.stdout  # and evaluates
+    assert result.stdout.count("training ") == 1 and result.stdout.count("run saved in") == 1  # rank 0 alone speaks
+    assert "convnet" in result.stdout and "random convnet" in result.stdout  # and evaluates
     assert (tmp_path / "ddp" / "eval.json").is_file() and (tmp_path / "ddp" / "encoder.pt").is_file()
 
 
