@@ -72,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_train(args: argparse.Namespace) -> None:
+    import torch
+
     from nocollapse.config import resolve_config
     from nocollapse.train.loop import Trainer, resume_config, run_directory
 
@@ -87,9 +89,14 @@ def run_train(args: argparse.Namespace) -> None:
     try:
         run_dir = trainer.fit()
     except UserError:  # stopped by a fault: the report shows where and why, beside the curves up to it
-        if not args.no_report:
+        if not args.no_report and trainer.dist.is_main:
             write_run_report(trainer.run_dir)
         raise
+    finally:
+        if trainer.dist.enabled:
+            torch.distributed.destroy_process_group()
+    if not trainer.dist.is_main:
+        return  # rank 0 evaluates and reports; the other processes are done
     if not args.no_eval:
         from nocollapse.train.evaluation import evaluate_run
 

@@ -93,14 +93,14 @@ class RegularizerConfig:
 @dataclass
 class OptimConfig:
     name: str = "lars"  # lars | adamw | adam | sgd
-    lr: float = 1.0  # base learning rate for a batch of 256 (scaled by batch_size/256 when scale_lr is on)
+    lr: float = 1.0  # base learning rate for a batch of 256 (scaled by batch_size/256 when scale_lr is on; under torchrun batch_size is the global batch, so N processes keep the lr of one)
     scale_lr: bool = True  # linear scaling rule lr·B/256 (BYOL, SimCLR); turn off for Adam-style optimisers if you prefer fixed lr
     weight_decay: float = 1e-5  # never applied to biases and norm parameters
     momentum: float = 0.9  # lars/sgd momentum
     eta: float = 0.02  # LARS trust coefficient (BYOL ImageNet 1e-3; solo-learn CIFAR 0.02)
     lars_trust: str = "update"  # LARS trust ratio η‖p‖/‖g + λp‖ (update, BYOL) | η‖p‖/(‖g‖ + λ‖p‖) (grad_plus_decay, solo-learn)
     lars_clip: bool = False  # solo-learn's clipping: a layer's rate is min(trust, lr) instead of trust·lr
-    batch_size: int = 256  # images per step (each gives num_views views)
+    batch_size: int = 256  # images per step (each gives num_views views); under torchrun the global batch, split evenly over the processes
     epochs: int = 10  # passes over the training set; the lr and τ schedules span them
     warmup_epochs: float = 1.0  # linear warm-up from 0 (may be fractional)
     schedule: str = "cosine"  # after warm-up: cosine (decay to 0) | step (×lr_decay_factor at each lr_decay_at)
@@ -135,6 +135,14 @@ class RunConfig:
 
 
 @dataclass
+class DistributedConfig:
+    """Read under torchrun (``torchrun --nproc_per_node=N -m nocollapse train``); a single process ignores it."""
+
+    gather: bool = True  # batch statistics (W-MSE whitening, singular values, kernel MMD, uniformity, InfoNCE) over the global batch, as one process would; false: each process's own sub-batch
+    sync_bn: bool = True  # SyncBatchNorm: BatchNorm statistics over the global batch (CUDA only; on CPU each process normalises its sub-batch)
+
+
+@dataclass
 class Config:
     preset: str = "fmnist"  # the preset these settings started from (informational)
     data: DataConfig = field(default_factory=DataConfig)
@@ -145,6 +153,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

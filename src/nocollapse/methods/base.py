@@ -12,6 +12,11 @@ from torch import Tensor, nn
 from nocollapse.methods.regularizers import INPUTS, Regularizer
 
 
+def own_batch(embeddings: Tensor) -> Tensor:
+    """The batch statistics of one process: its own (M, B, d) embeddings."""
+    return embeddings
+
+
 class Method(nn.Module, ABC):
     """A self-supervised method: :meth:`objective` gives its loss terms and online projections;
     :meth:`forward` adds the attached regularizers and the total.
@@ -19,6 +24,11 @@ class Method(nn.Module, ABC):
     Subclasses set ``encoder`` (what evaluation uses) and implement :meth:`objective` and :meth:`embed`;
     methods with an EMA target also implement ``update_target(momentum)`` and override
     :meth:`online_networks`.
+
+    ``gather_batch`` maps this process's (M, B, d) embeddings to those of the batch whose statistics a
+    loss needs (whitening, MMD, singular values, uniformity, InfoNCE). It is the identity in one
+    process; data-parallel training sets it to a differentiable all-gather
+    (:func:`nocollapse.train.distributed.gather_views`). Per-sample terms never need it.
     """
 
     encoder: nn.Module
@@ -26,6 +36,7 @@ class Method(nn.Module, ABC):
     def __init__(self) -> None:
         super().__init__()
         self.regularizers: list[tuple[str, float, Regularizer]] = []
+        self.gather_batch: Callable[[Tensor], Tensor] = own_batch
 
     @abstractmethod
     def objective(self, views: Tensor) -> tuple[dict[str, Tensor], Tensor]:
@@ -59,6 +70,10 @@ class Method(nn.Module, ABC):
         """
         terms, embeddings = self.objective(views)
         loss = sum(terms.values())
+        # Regularizers see the global batch: batch statistics need it, and per-sample terms (alignment, the
+        # Brownian kick, drawn from a generator seeded alike on every process) give the same mean either way.
+        if any("embeddings" in regularizer.consumes for _, _, regularizer in self.regularizers):
+            embeddings = self.gather_batch(embeddings)  # once, however many regularizers read it
         provide: dict[str, Callable[[], Any]] = {"embeddings": lambda: embeddings, "online": self.online_networks, "generator": lambda: generator}
         for name, weight, regularizer in self.regularizers:
             if name in terms:  # a regularizer named like one of the method's terms would hide it in the log

@@ -55,7 +55,7 @@ class SFRIK(Method):
         projections = self.projector(features).view(num_views, batch, -1)  # (M, B, q)
         dim = projections.shape[-1]
         return {"invariance": self.invariance * alignment_loss(projections) / dim,
-                "mmd": self.mmd * kernel_uniformity(projections, self.kernel)}, projections
+                "mmd": self.mmd * kernel_uniformity(self.gather_batch(projections), self.kernel)}, projections
 
     def embed(self, images: Tensor) -> Tensor:
         return self.projector(self.encoder(images))

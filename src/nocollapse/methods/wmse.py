@@ -43,7 +43,8 @@ class WMSE(Method):
         num_views, batch = views.shape[:2]
         features = torch.cat([self.encoder(v) for v in views])  # (M·B, D)
         embeddings = self.head(features).view(num_views, batch, -1)  # (M, B, d)
-        return {"wmse": whitened_mse(embeddings, w_size=self.w_size, w_iter=self.w_iter, eps=self.eps)}, embeddings
+        whitened = whitened_mse(self.gather_batch(embeddings), w_size=self.w_size, w_iter=self.w_iter, eps=self.eps)
+        return {"wmse": whitened}, embeddings
 
     def embed(self, images: Tensor) -> Tensor:
         return self.head(self.encoder(images))

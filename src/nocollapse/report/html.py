@@ -217,7 +217,7 @@ def environment_section(run: RunRecord) -> str:
     env = run.environment
     hardware = env.get("gpu") or env.get("cpu_model") or "–"
     facts = [("directory", str(run.path)), ("git commit", env.get("git", "unknown")), ("torch", env.get("torch", "?")),
-             ("python", env.get("python", "?")), ("platform", env.get("platform", "?")), ("device", env.get("device", "?")),
+             ("python", env.get("python", "?")), ("platform", env.get("platform", "?")), ("device", env.get("device", "?")), ("processes", str(env.get("processes", 1))),
              ("hardware", hardware), ("CPU cores / torch threads", f"{env.get('cpu_count', '?')} / {env.get('torch_threads', '?')}"),
              ("command", env.get("command", "?"))]
     for event in run.events:

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 
 from nocollapse.augment.views import ViewGenerator
 from nocollapse.config import Config, flatten, set_value, validate
@@ -27,6 +28,7 @@ from nocollapse.eval.geometry import geometry_scores
 from nocollapse.eval.knn import knn_accuracy
 from nocollapse.methods import build_method
 from nocollapse.train.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint, save_json
+from nocollapse.train.distributed import gather_views, init_distributed, mean_over_processes
 from nocollapse.train.optim import build_optimizer, describe_param_groups, split_param_groups
 from nocollapse.train.progress import Progress
 from nocollapse.train.runinfo import environment
@@ -37,9 +39,12 @@ CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
 
 
-def select_device(name: str) -> torch.device:
+def select_device(name: str, local_rank: int = 0) -> torch.device:
+    """The device of ``run.device``; under torchrun ``auto`` and ``cuda`` mean this process's GPU, cuda:LOCAL_RANK."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and local_rank:
+        name = f"cuda:{local_rank}"
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"run.device={name} but this torch build sees no CUDA device; use run.device=cpu or auto")
@@ -105,9 +110,12 @@ class Trainer:
                  log: Callable[[str], object] = print) -> None:
         self.config = config
         self.run_dir = run_dir or run_directory(config)
-        self.show_progress = progress
-        self.log = log
-        self.device = select_device(config.run.device)
+        # Under torchrun every process trains its slice of each batch; only rank 0 talks and writes files.
+        wanted = "cuda" if config.run.device.startswith("cuda") or (config.run.device == "auto" and torch.cuda.is_available()) else "cpu"
+        self.dist = init_distributed(wanted)
+        self.show_progress = progress and self.dist.is_main
+        self.log = log if self.dist.is_main else (lambda *_: None)
+        self.device = select_device(config.run.device, self.dist.local_rank)
         checkpoint_path = self.run_dir / CHECKPOINT
         if resume and not checkpoint_path.exists():
             raise UserError(f"--resume: no checkpoint in {self.run_dir}; start without --resume")
@@ -122,6 +130,11 @@ class Trainer:
         self.train_images = images.to(self.device) if config.data.on_device else images.pin_memory() if self.device.type == "cuda" else images
 
         self.method = build_method(config, in_channels=images.shape[1]).to(self.device)
+        if self.dist.enabled:
+            if config.distributed.gather:
+                self.method.gather_batch = gather_views
+            if config.distributed.sync_bn and self.device.type == "cuda":
+                self.method = nn.SyncBatchNorm.convert_sync_batchnorm(self.method)
         if config.run.channels_last:
             self.method.to(memory_format=torch.channels_last)
         self.param_groups = split_param_groups(self.method, weight_decay=config.optim.weight_decay)
@@ -130,27 +143,34 @@ class Trainer:
         self.optimizer = build_optimizer(o.name, self.param_groups, lr=self.base_lr, weight_decay=o.weight_decay, momentum=o.momentum,
                                          eta=o.eta, clip=o.lars_clip, trust_denominator=o.lars_trust)
         self.views = ViewGenerator(config.augment)
+        self.local_batch = o.batch_size // self.dist.world_size
         self.steps_per_epoch = len(self.train_set) // o.batch_size
         self.total_steps = self.steps_per_epoch * o.epochs
         self.warmup_steps = round(o.warmup_epochs * self.steps_per_epoch)
         self.step = 0
         self.tensorboard: TensorBoardLog | None = None
-        self.compute_losses = torch.compile(self.method) if config.run.compile else self.method
+        # DDP averages the online networks' gradients over the processes (the EMA target has none).
+        losses = DistributedDataParallel(self.method, device_ids=[self.device] if self.device.type == "cuda" else None) if self.dist.enabled else self.method
+        self.compute_losses = torch.compile(losses) if config.run.compile else losses
 
         if resume:
             self._load(checkpoint_path)
-        else:
+        elif self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_json(self.run_dir / "config.json", config.to_dict())
-            save_json(self.run_dir / "environment.json", environment(self.device))
+            save_json(self.run_dir / "environment.json", environment(self.device, self.dist.world_size))
             (self.run_dir / METRICS).unlink(missing_ok=True)
             if config.run.tensorboard:
                 self.tensorboard = TensorBoardLog(self.run_dir / "tensorboard")
 
     def _check_data(self) -> None:
         n = len(self.train_set)
-        if n < self.config.optim.batch_size:
-            raise UserError(f"optim.batch_size={self.config.optim.batch_size} exceeds the {n} training images; lower it")
+        batch, processes = self.config.optim.batch_size, self.dist.world_size
+        if n < batch:
+            raise UserError(f"optim.batch_size={batch} exceeds the {n} training images; lower it")
+        if batch % processes or batch // processes < 2:
+            raise UserError(f"optim.batch_size={batch} (the global batch) must split into equal sub-batches of at least 2 over the "
+                            f"{processes} processes; use a multiple of {processes}")
         channels = self.train_set.images.shape[1]
         if self.config.augment.mean and len(self.config.augment.mean) != channels:
             raise UserError(f"augment.mean has {len(self.config.augment.mean)} values but the images have {channels} channels")
@@ -180,11 +200,13 @@ class Trainer:
         torch.set_rng_state(state["torch_rng"].cpu())
         if "cuda_rng" in state and self.device.type == "cuda":
             torch.cuda.set_rng_state(state["cuda_rng"].cpu(), self.device)
+        if not self.dist.is_main:
+            return
         self._truncate_metrics(self.step)
         if self.config.run.tensorboard:
             self.tensorboard = TensorBoardLog(self.run_dir / "tensorboard", purge_step=self.step + 1)
         # environment.json describes where the run started; a resume may be on another machine or torch.
-        self._write_metrics({"step": self.step, "epoch": self._epoch(), "resumed": environment(self.device)})
+        self._write_metrics({"step": self.step, "epoch": self._epoch(), "resumed": environment(self.device, self.dist.world_size)})
         self.log(f"resumed {self.run_dir} at step {self.step}/{self.total_steps}")
 
     def _truncate_metrics(self, step: int) -> None:
@@ -203,9 +225,12 @@ class Trainer:
         atomic_write_bytes(path, lambda file: file.write("".join(line + "\n" for line in kept).encode()))
 
     def save(self) -> None:
-        save_checkpoint(self.run_dir / CHECKPOINT, self.state_dict())
+        if self.dist.is_main:  # every process holds the same weights: DDP keeps them in step
+            save_checkpoint(self.run_dir / CHECKPOINT, self.state_dict())
 
     def _write_metrics(self, record: dict[str, Any]) -> None:
+        if not self.dist.is_main:
+            return
         with open(self.run_dir / METRICS, "a") as file:
             file.write(json.dumps(record) + "\n")
         if self.tensorboard:
@@ -251,7 +276,8 @@ class Trainer:
         finally:
             if self.tensorboard:
                 self.tensorboard.close()
-        save_checkpoint(self.run_dir / "encoder.pt", self.method.encoder.state_dict())
+        if self.dist.is_main:
+            save_checkpoint(self.run_dir / "encoder.pt", self.method.encoder.state_dict())
         return self.run_dir
 
     def _train(self) -> None:
@@ -273,9 +299,14 @@ class Trainer:
                 # On-device data is indexed on the device; host data by a host index (no sync either way).
                 permutation = permutation.to(self.device) if cfg.data.on_device else permutation
             index = permutation[position * cfg.optim.batch_size : (position + 1) * cfg.optim.batch_size]
+            # This process's contiguous slice of the global batch: gathered in rank order, the slices are the batch.
+            index = index[self.dist.rank * self.local_batch : (self.dist.rank + 1) * self.local_batch]
             images = self.train_images[index] if cfg.data.on_device else self.train_images[index].to(self.device, non_blocking=True)
             try:
-                terms = self.train_step(images, _seeded(view_rng, cfg.run.seed, self.step, 1), _seeded(noise_rng, cfg.run.seed, self.step, 2))
+                # Views differ per process (its own images); the noise of stochastic terms is the same on every
+                # process, which all draw it for the same gathered batch.
+                view_seed = (cfg.run.seed, self.step, 1) + ((self.dist.rank,) if self.dist.enabled else ())
+                terms = self.train_step(images, _seeded(view_rng, *view_seed), _seeded(noise_rng, cfg.run.seed, self.step, 2))
             except CollapseError as error:
                 self._write_metrics({"step": self.step, "epoch": self._epoch(), "error": str(error)})
                 raise UserError(f"training stopped at step {self.step}: {error}\nThe last good checkpoint in {self.run_dir} is kept.") from None
@@ -293,7 +324,7 @@ class Trainer:
             if save_due:
                 self.save()
             finished_epoch = self.step // self.steps_per_epoch
-            if epoch_done and cfg.eval.monitor_every and (finished_epoch % cfg.eval.monitor_every == 0 or self.step == self.total_steps):
+            if self.dist.is_main and epoch_done and cfg.eval.monitor_every and (finished_epoch % cfg.eval.monitor_every == 0 or self.step == self.total_steps):
                 self._monitor()
                 window_start = time.perf_counter()  # img/s counts training, not the monitor
         progress.close()
@@ -303,7 +334,10 @@ class Trainer:
         return round(self.step / self.steps_per_epoch, 4)
 
     def _log_window(self, totals: dict[str, Tensor], steps: int, seconds: float) -> dict[str, Any]:
-        values = {name: (total / steps).item() for name, total in totals.items()}  # the step loop's host sync
+        names = list(totals)
+        # Each process's losses are means over its sub-batch: their mean over processes is the global batch's.
+        means = mean_over_processes(torch.stack([totals[name] / steps for name in names])).tolist()  # the step loop's host sync
+        values = dict(zip(names, means))
         lr, tau = self.schedule(self.step - 1)
         record = {"step": self.step, "epoch": self._epoch(), **values, "lr": lr,
                   **({"tau": tau} if hasattr(self.method, "update_target") else {}),

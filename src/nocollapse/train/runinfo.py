@@ -35,7 +35,7 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def environment(device: torch.device) -> dict[str, Any]:
+def environment(device: torch.device, processes: int = 1) -> dict[str, Any]:
     info: dict[str, Any] = {
         "git": git_revision(Path(__file__).resolve().parent),
         "torch": torch.__version__,
@@ -45,6 +45,7 @@ def environment(device: torch.device) -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "device": str(device),
+        "processes": processes,  # data-parallel processes (torchrun), each on its own device
         "command": " ".join(sys.argv),
     }
     if device.type == "cuda":

@@ -1,0 +1,176 @@
+"""Data-parallel training on CPU with gloo and 2 processes: gathered losses match one process on the
+whole batch, in value and gradient, and a 2-process run trains, checkpoints and resumes exactly."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from conftest import TINY_RUN, write_tiny_fashion_mnist
+from nocollapse.config import resolve_config
+from nocollapse.losses import SFRIK_KERNEL, info_nce_loss, kernel_uniformity, singular_value_loss, uniformity_loss, whitened_mse
+from nocollapse.train.distributed import gather_views, init_distributed
+
+WORLD = 2
+VIEWS, BATCH, IN, DIM = 2, 16, 6, 4
+
+# Each loss that needs the statistics of the whole batch; W-MSE whitens 2 sub-batches of 8 drawn by the global RNG.
+GATHERED_LOSSES = {
+    "whitened_mse": lambda z: whitened_mse(z, w_size=8),
+    "singular_value": singular_value_loss,
+    "kernel_mmd_gram": lambda z: kernel_uniformity(z, SFRIK_KERNEL, path="gram"),
+    "kernel_mmd_moments": lambda z: kernel_uniformity(z, SFRIK_KERNEL, path="moments"),
+    "uniformity": uniformity_loss,
+    "info_nce": info_nce_loss,
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def join_group(rank: int, port: int) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD))
+    torch.set_num_threads(1)
+    assert init_distributed("cpu").world_size == WORLD
+
+
+def loss_worker(rank: int, port: int) -> None:
+    join_group(rank, port)
+    inputs = torch.randn(VIEWS, BATCH, IN, generator=torch.Generator().manual_seed(0))
+    for name, loss_fn in GATHERED_LOSSES.items():
+        torch.manual_seed(1)
+        reference = nn.Linear(IN, DIM)
+        model = DistributedDataParallel(nn.Linear(IN, DIM))
+        model.module.load_state_dict(reference.state_dict())
+
+        torch.manual_seed(2)  # W-MSE's sub-batch permutation: the same draw in both computations
+        expected = loss_fn(reference(inputs))
+        expected.backward()
+
+        torch.manual_seed(2)
+        rows = slice(rank * BATCH // WORLD, (rank + 1) * BATCH // WORLD)
+        loss = loss_fn(gather_views(model(inputs[:, rows])))
+        loss.backward()  # DDP averages the parameter gradients over the 2 processes
+
+        torch.testing.assert_close(loss, expected, atol=1e-5, rtol=1e-5, msg=f"{name}: loss")
+        for (param_name, param), ref in zip(model.module.named_parameters(), reference.parameters()):
+            torch.testing.assert_close(param.grad, ref.grad, atol=1e-5, rtol=1e-5, msg=lambda m: f"{name}: grad of {param_name}: {m}")
+    dist.destroy_process_group()
+
+
+def test_each_gathered_loss_and_its_gradients_match_one_process_on_the_whole_batch():
+    mp.spawn(loss_worker, args=(free_port(),), nprocs=WORLD)
+
+
+def gather_is_differentiable_worker(rank: int, port: int) -> None:
+    join_group(rank, port)
+    local = torch.full((1, 2, 3), float(rank + 1), requires_grad=True)
+    gathered = gather_views(local)
+    assert gathered.shape == (1, 4, 3) and gathered[0, :2].eq(1).all() and gathered[0, 2:].eq(2).all()  # rank order
+    (gathered * torch.arange(4.0).view(1, 4, 1)).sum().backward()
+    # Both processes back-propagate the same loss: the rows' gradient is summed over them.
+    torch.testing.assert_close(local.grad, WORLD * torch.tensor([0.0, 1.0]).add(2 * rank).view(1, 2, 1).expand(1, 2, 3))
+    dist.destroy_process_group()
+
+
+def test_the_gather_keeps_rank_order_and_sums_the_gradient_of_each_slice():
+    mp.spawn(gather_is_differentiable_worker, args=(free_port(),), nprocs=WORLD)
+
+
+def train_worker(rank: int, port: int, overrides: list[str], resume: bool, crash_at: int | None) -> None:
+    from nocollapse.train.loop import Trainer
+
+    join_group(rank, port)
+    trainer = Trainer(resolve_config("fmnist", overrides), resume=resume, progress=False, log=lambda *_: None)
+    if crash_at is not None:
+        real_step = trainer.train_step
+
+        def stop_at(images, *generators):
+            if trainer.step == crash_at:
+                raise KeyboardInterrupt
+            return real_step(images, *generators)
+
+        trainer.train_step = stop_at
+    try:
+        trainer.fit()
+    except KeyboardInterrupt:
+        pass
+    if trainer.dist.is_main:
+        torch.save({k: v.cpu() for k, v in trainer.method.state_dict().items()}, Path(trainer.run_dir) / f"weights-rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+def run_two_processes(overrides: list[str], *, resume: bool = False, crash_at: int | None = None) -> None:
+    mp.spawn(train_worker, args=(free_port(), overrides, resume, crash_at), nprocs=WORLD)
+
+
+@pytest.mark.parametrize("wmse", [False, True], ids=["byol", "wmse"])
+def test_a_two_process_run_checkpoints_and_resumes_to_the_uninterrupted_weights(tmp_path, wmse):
+    data = write_tiny_fashion_mnist(tmp_path / "data")
+    extra = ["method.name=wmse", "augment.num_views=2", "model.projection_dim=4", "method.wmse.w_size=8", "optim.name=adam",
+             "optim.lr=0.001", "optim.scale_lr=false"] if wmse else []
+    base = [*TINY_RUN, f"data.data_dir={data}", f"run.out_dir={tmp_path}", "run.device=cpu", "run.checkpoint_every=3", *extra]
+
+    run_two_processes([*base, "run.name=straight"])
+    run_two_processes([*base, "run.name=resumed"], crash_at=7)  # stopped after the checkpoint at step 6
+    checkpoint = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=True)
+    assert checkpoint["step"] == 6
+    run_two_processes([*base, "run.name=resumed"], resume=True)
+
+    straight = torch.load(tmp_path / "straight" / "weights-rank0.pt", weights_only=True)
+    resumed = torch.load(tmp_path / "resumed" / "weights-rank0.pt", weights_only=True)
+    for key in straight:
+        torch.testing.assert_close(resumed[key], straight[key], rtol=0, atol=0, msg=key)
+    assert '"processes": 2' in (tmp_path / "straight" / "environment.json").read_text()
+
+    def losses(run: str) -> list[tuple[int, float]]:
+        records = [json.loads(line) for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+        return [(r["step"], r["loss"]) for r in records if "loss" in r]
+
+    # Rank 0 alone logs, once per window (every 2 steps and at each checkpoint), the mean over both processes;
+    # the resumed run logs exactly the uninterrupted run's losses.
+    assert [step for step, _ in losses("straight")] == [2, 3, 4, 6, 8]
+    assert losses("resumed") == losses("straight")
+    assert not list(tmp_path.glob("*/weights-rank1.pt"))
+
+
+@pytest.mark.parametrize("method", [
+    ["regularizers.uniformity=1"],
+    ["method.name=msbreg", "augment.num_views=4", "regularizers.singular_value=30", "regularizers.brownian=0.1"],
+    ["method.name=sfrik", "model.projection_dim=32"],
+], ids=["byol+uniformity", "msbreg", "sfrik"])
+def test_torchrun_trains_and_rank_zero_evaluates(tmp_path, method):
+    data = write_tiny_fashion_mnist(tmp_path / "data")
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}", "-m", "nocollapse",
+               "train", "--quiet", "--no-report", *TINY_RUN, "eval.linear_probe=false", f"data.data_dir={data}", f"run.out_dir={tmp_path}",
+               "run.name=ddp", "run.device=cpu", *method]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("training ") == 1 and result.stdout.count("run saved in") == 1  # rank 0 alone speaks
+    assert "convnet" in result.stdout and "random convnet" in result.stdout  # and evaluates
+    assert (tmp_path / "ddp" / "eval.json").is_file() and (tmp_path / "ddp" / "encoder.pt").is_file()
+
+
+def test_a_global_batch_that_does_not_split_over_the_processes_is_refused(tmp_path, monkeypatch):
+    from nocollapse.errors import UserError
+    from nocollapse.train import distributed
+    from nocollapse.train.loop import Trainer
+
+    data = write_tiny_fashion_mnist(tmp_path / "data")
+    monkeypatch.setattr(distributed, "init_distributed", lambda device_type: distributed.Distributed(rank=0, world_size=3))
+    monkeypatch.setattr("nocollapse.train.loop.init_distributed", distributed.init_distributed)
+    config = resolve_config("fmnist", [*TINY_RUN, f"data.data_dir={data}", f"run.out_dir={tmp_path}", "run.device=cpu"])
+    with pytest.raises(UserError, match="must split into equal sub-batches .* over the 3 processes"):
+        Trainer(config, progress=False, log=lambda *_: None)
