@@ -83,3 +83,43 @@ def test_sigkill_at_several_moments_never_loses_the_run(tiny_data, tmp_path):
     assert_same_weights(encoder_weights(run_dir), encoder_weights(tmp_path / "straight"))
     steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
     assert steps == sorted(set(steps)) and steps[-1] == 24  # each window logged once, in order, despite the kills
+
+
+class RunsCodeOnLoad:
+    """A pickle that would create a file when unpickled: what a malicious checkpoint does."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_malicious_pickle_checkpoint_is_refused_without_running_its_code(tiny_data, tmp_path, capsys):
+    args = train_args(tiny_data, tmp_path, "victim", "optim.epochs=1", "run.checkpoint_every=0")
+    assert main(args) == 0
+    marker = tmp_path / "pwned"
+    state = torch.load(tmp_path / "victim" / "checkpoint.pt", weights_only=True)
+    state["payload"] = RunsCodeOnLoad(marker)
+    torch.save(state, tmp_path / "victim" / "checkpoint.pt")
+    assert main(["train", "--quiet", "--no-eval", "--resume", f"run.out_dir={tmp_path}", "run.name=victim", "--data-dir", str(tiny_data)]) == 2
+    err = capsys.readouterr().err
+    assert "cannot read checkpoint" in err and "Traceback" not in err
+    assert not marker.exists(), "loading the checkpoint ran code from it"
+    torch.load(tmp_path / "victim" / "checkpoint.pt", weights_only=False)  # control: an unguarded load does run it
+    assert marker.exists()
+
+
+def test_the_encoder_is_exported_as_safetensors_with_its_architecture(tiny_data, tmp_path):
+    from safetensors import safe_open
+
+    from nocollapse.nn.backbones import build_backbone
+
+    assert main(train_args(tiny_data, tmp_path, "export", "optim.epochs=1", "run.checkpoint_every=0")) == 0
+    with safe_open(str(tmp_path / "export" / "encoder.safetensors"), framework="pt") as file:
+        meta = file.metadata()
+        tensors = {key: file.get_tensor(key) for key in file.keys()}
+    assert_same_weights(tensors, encoder_weights(tmp_path / "export"))
+    encoder = build_backbone(meta["backbone"], in_channels=int(meta["in_channels"]), widths=[int(w) for w in meta["widths"].split(",")],
+                             depth=int(meta["depth"]), stem=meta["stem"])
+    encoder.load_state_dict(tensors)  # the metadata alone rebuilds the network the weights belong to

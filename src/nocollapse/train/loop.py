@@ -27,7 +27,7 @@ from nocollapse.eval.features import encoder_features, positive_views, view_feat
 from nocollapse.eval.geometry import geometry_scores
 from nocollapse.eval.knn import knn_accuracy
 from nocollapse.methods import build_method
-from nocollapse.train.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint, save_json
+from nocollapse.train.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint, save_json, save_safetensors
 from nocollapse.train.distributed import gather_views, init_distributed, mean_over_processes
 from nocollapse.train.optim import build_optimizer, describe_param_groups, split_param_groups
 from nocollapse.train.progress import Progress
@@ -278,7 +278,12 @@ class Trainer:
             if self.tensorboard:
                 self.tensorboard.close()
         if self.dist.is_main:
-            save_checkpoint(self.run_dir / "encoder.pt", self.method.encoder.state_dict())
+            encoder = self.method.encoder.state_dict()
+            save_checkpoint(self.run_dir / "encoder.pt", encoder)
+            m = self.config.model
+            save_safetensors(self.run_dir / "encoder.safetensors", encoder, metadata={
+                "backbone": m.backbone, "widths": ",".join(map(str, m.widths)), "depth": str(m.depth), "stem": str(m.stem),
+                "in_channels": str(self.train_set.images.shape[1]), "method": self.config.method.name})
         return self.run_dir
 
     def _train(self) -> None:
