@@ -9,7 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from nocollapse.errors import UserError
+from nocollapse.errors import TrainingStopped, UserError
 
 EXAMPLES = """examples:
   nocollapse train                                  BYOL on Fashion-MNIST, the default preset (about 15 min on 2 CPU cores)
@@ -171,6 +171,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as error:
         print(f"nocollapse {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except TrainingStopped as stop:
+        print(f"\nnocollapse {args.command}: {stop}", file=sys.stderr)
+        return 143 if stop.signal_name == "SIGTERM" else 130
     except KeyboardInterrupt:
         print(f"\nnocollapse {args.command}: interrupted; the last checkpoint is kept (continue with --resume)", file=sys.stderr)
         return 130

@@ -12,3 +12,12 @@ class UserError(Exception):
 class CollapseError(RuntimeError):
     """Training reached a numerical state that signals collapse (e.g. a covariance that is no longer
     positive definite). The training loop reports it with the step and keeps the last good checkpoint."""
+
+
+class TrainingStopped(Exception):
+    """Training stopped on request (SIGTERM, Ctrl-C) at a step boundary, after saving a checkpoint there."""
+
+    def __init__(self, signal_name: str, step: int, run_dir: object) -> None:
+        super().__init__(f"{signal_name} received: stopped after step {step} and saved a checkpoint in {run_dir}; "
+                         "continue with `nocollapse train --resume` and the same run.name")
+        self.signal_name, self.step = signal_name, step

@@ -96,6 +96,8 @@ def _status(run: RunRecord) -> str:
         status = f"stopped: {errors[-1]}"
     elif run.evaluation:
         status = "evaluated"
+    elif run.events and "stopped" in run.events[-1]:
+        status = f"stopped by {run.events[-1]['stopped']} at step {run.events[-1].get('step')} (resumable)"
     elif (run.path / "encoder.pt").is_file():
         status = "trained, not evaluated"
     else:

@@ -38,8 +38,8 @@ class RunRecord:
     """Everything a report shows about one run.
 
     ``windows`` are the training-window lines of ``metrics.jsonl`` (mean loss terms, lr, τ, img/s
-    since the previous line), ``monitors`` the per-epoch lines (kNN, geometry), ``events`` the resume
-    and error lines; ``evaluation`` is ``eval.json`` (None before evaluation).
+    since the previous line), ``monitors`` the per-epoch lines (kNN, geometry), ``events`` the resume,
+    stop (SIGTERM, Ctrl-C) and error lines; ``evaluation`` is ``eval.json`` (None before evaluation).
     """
 
     path: Path
@@ -113,7 +113,7 @@ def read_metrics(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]
             continue
         if not isinstance(record, dict):
             skipped += 1
-        elif "resumed" in record or "error" in record:
+        elif "resumed" in record or "error" in record or "stopped" in record:
             events.append(record)
         elif "loss" in record:
             windows.append(record)

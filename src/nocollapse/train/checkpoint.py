@@ -35,6 +35,15 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     atomic_write_bytes(path, lambda file: torch.save(state, file))
 
 
+def save_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    """Weights as safetensors: raw tensors and a JSON header, nothing executable, so anyone can load them
+    without trusting the file (and from other frameworks)."""
+    from safetensors.torch import save
+
+    data = save({name: tensor.detach().cpu().contiguous() for name, tensor in tensors.items()}, metadata=metadata)
+    atomic_write_bytes(path, lambda file: file.write(data))
+
+
 def save_json(path: Path, value: Any) -> None:
     atomic_write_bytes(path, lambda file: file.write((json.dumps(value, indent=2) + "\n").encode()))
 

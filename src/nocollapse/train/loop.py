@@ -22,17 +22,18 @@ from torch.nn.parallel import DistributedDataParallel
 from nocollapse.augment.views import ViewGenerator
 from nocollapse.config import Config, flatten, set_value, validate
 from nocollapse.data import load_dataset
-from nocollapse.errors import CollapseError, UserError
+from nocollapse.errors import CollapseError, TrainingStopped, UserError
 from nocollapse.eval.features import encoder_features, positive_views, view_features
 from nocollapse.eval.geometry import geometry_scores
 from nocollapse.eval.knn import knn_accuracy
 from nocollapse.methods import build_method
-from nocollapse.train.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint, save_json
+from nocollapse.train.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint, save_json, save_safetensors
 from nocollapse.train.distributed import gather_views, init_distributed, mean_over_processes
 from nocollapse.train.optim import build_optimizer, describe_param_groups, split_param_groups
 from nocollapse.train.progress import Progress
 from nocollapse.train.runinfo import environment
 from nocollapse.train.schedules import ema_momentum, warmup_cosine, warmup_step_decay
+from nocollapse.train.signals import GracefulStop
 from nocollapse.train.tensorboard import TensorBoardLog
 
 CHECKPOINT = "checkpoint.pt"
@@ -277,7 +278,12 @@ class Trainer:
             if self.tensorboard:
                 self.tensorboard.close()
         if self.dist.is_main:
-            save_checkpoint(self.run_dir / "encoder.pt", self.method.encoder.state_dict())
+            encoder = self.method.encoder.state_dict()
+            save_checkpoint(self.run_dir / "encoder.pt", encoder)
+            m = self.config.model
+            save_safetensors(self.run_dir / "encoder.safetensors", encoder, metadata={
+                "backbone": m.backbone, "widths": ",".join(map(str, m.widths)), "depth": str(m.depth), "stem": str(m.stem),
+                "in_channels": str(self.train_set.images.shape[1]), "method": self.config.method.name})
         return self.run_dir
 
     def _train(self) -> None:
@@ -292,41 +298,48 @@ class Trainer:
         totals: dict[str, Tensor] = {}
         window_start, window_steps = time.perf_counter(), 0
         permutation = None
-        while self.step < self.total_steps:
-            epoch, position = divmod(self.step, self.steps_per_epoch)
-            if permutation is None or position == 0:
-                permutation = torch.randperm(len(self.train_set), generator=_seeded(order_rng, cfg.run.seed, epoch))
-                # On-device data is indexed on the device; host data by a host index (no sync either way).
-                permutation = permutation.to(self.device) if cfg.data.on_device else permutation
-            index = permutation[position * cfg.optim.batch_size : (position + 1) * cfg.optim.batch_size]
-            # This process's contiguous slice of the global batch: gathered in rank order, the slices are the batch.
-            index = index[self.dist.rank * self.local_batch : (self.dist.rank + 1) * self.local_batch]
-            images = self.train_images[index] if cfg.data.on_device else self.train_images[index].to(self.device, non_blocking=True)
-            try:
-                # Views differ per process (its own images); the noise of stochastic terms is the same on every
-                # process, which all draw it for the same gathered batch.
-                view_seed = (cfg.run.seed, self.step, 1) + ((self.dist.rank,) if self.dist.enabled else ())
-                terms = self.train_step(images, _seeded(view_rng, *view_seed), _seeded(noise_rng, cfg.run.seed, self.step, 2))
-            except CollapseError as error:
-                self._write_metrics({"step": self.step, "epoch": self._epoch(), "error": str(error)})
-                raise UserError(f"training stopped at step {self.step}: {error}\nThe last good checkpoint in {self.run_dir} is kept.") from None
-            for name, value in terms.items():
-                totals[name] = totals.get(name, 0) + value.detach()
-            window_steps += 1
-            epoch_done = self.step % self.steps_per_epoch == 0
-            save_due = epoch_done or (cfg.run.checkpoint_every > 0 and self.step % cfg.run.checkpoint_every == 0)
-            # A window also closes at every checkpoint: its losses are checked finite before the checkpoint is
-            # written, and a run resumed from it logs exactly the windows of an uninterrupted one.
-            if save_due or self.step % cfg.run.log_every == 0 or self.step == self.total_steps:
-                record = self._log_window(totals, window_steps, time.perf_counter() - window_start)
-                progress.update(window_steps, epoch=f"{self._epoch():.2f}", **{k: record[k] for k in ("loss", "lr", "tau", "img/s") if k in record})
-                totals, window_start, window_steps = {}, time.perf_counter(), 0
-            if save_due:
-                self.save()
-            finished_epoch = self.step // self.steps_per_epoch
-            if self.dist.is_main and epoch_done and cfg.eval.monitor_every and (finished_epoch % cfg.eval.monitor_every == 0 or self.step == self.total_steps):
-                self._monitor()
-                window_start = time.perf_counter()  # img/s counts training, not the monitor
+        with GracefulStop(enabled=not self.dist.enabled) as stop:
+            while self.step < self.total_steps:
+                epoch, position = divmod(self.step, self.steps_per_epoch)
+                if permutation is None or position == 0:
+                    permutation = torch.randperm(len(self.train_set), generator=_seeded(order_rng, cfg.run.seed, epoch))
+                    # On-device data is indexed on the device; host data by a host index (no sync either way).
+                    permutation = permutation.to(self.device) if cfg.data.on_device else permutation
+                index = permutation[position * cfg.optim.batch_size : (position + 1) * cfg.optim.batch_size]
+                # This process's contiguous slice of the global batch: gathered in rank order, the slices are the batch.
+                index = index[self.dist.rank * self.local_batch : (self.dist.rank + 1) * self.local_batch]
+                images = self.train_images[index] if cfg.data.on_device else self.train_images[index].to(self.device, non_blocking=True)
+                try:
+                    # Views differ per process (its own images); the noise of stochastic terms is the same on every
+                    # process, which all draw it for the same gathered batch.
+                    view_seed = (cfg.run.seed, self.step, 1) + ((self.dist.rank,) if self.dist.enabled else ())
+                    terms = self.train_step(images, _seeded(view_rng, *view_seed), _seeded(noise_rng, cfg.run.seed, self.step, 2))
+                except CollapseError as error:
+                    self._write_metrics({"step": self.step, "epoch": self._epoch(), "error": str(error)})
+                    raise UserError(f"training stopped at step {self.step}: {error}\nThe last good checkpoint in {self.run_dir} is kept.") from None
+                for name, value in terms.items():
+                    totals[name] = totals.get(name, 0) + value.detach()
+                window_steps += 1
+                epoch_done = self.step % self.steps_per_epoch == 0
+                save_due = epoch_done or (cfg.run.checkpoint_every > 0 and self.step % cfg.run.checkpoint_every == 0)
+                # A window also closes at every checkpoint: its losses are checked finite before the checkpoint is
+                # written, and a run resumed from it logs exactly the windows of an uninterrupted one.
+                if save_due or self.step % cfg.run.log_every == 0 or self.step == self.total_steps:
+                    record = self._log_window(totals, window_steps, time.perf_counter() - window_start)
+                    progress.update(window_steps, epoch=f"{self._epoch():.2f}", **{k: record[k] for k in ("loss", "lr", "tau", "img/s") if k in record})
+                    totals, window_start, window_steps = {}, time.perf_counter(), 0
+                if save_due:
+                    self.save()
+                finished_epoch = self.step // self.steps_per_epoch
+                if self.dist.is_main and epoch_done and cfg.eval.monitor_every and (finished_epoch % cfg.eval.monitor_every == 0 or self.step == self.total_steps):
+                    self._monitor()
+                    window_start = time.perf_counter()  # img/s counts training, not the monitor
+                if stop.requested:
+                    if window_steps:  # close the window: its losses are checked finite before the checkpoint
+                        self._log_window(totals, window_steps, time.perf_counter() - window_start)
+                    self.save()
+                    self._write_metrics({"step": self.step, "epoch": self._epoch(), "stopped": stop.requested})
+                    raise TrainingStopped(stop.requested, self.step, self.run_dir)
         progress.close()
 
     def _epoch(self) -> float:
