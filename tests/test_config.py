@@ -51,3 +51,14 @@ def test_unknown_preset():
 def test_describe_shows_values_and_comments():
     text = describe(resolve_config("fmnist"))
     assert "optim.lr=" in text and "base learning rate" in text
+
+
+@pytest.mark.parametrize("key, suggestion, listed", [
+    ("optim.momentun", "did you mean optim.momentum?", "The keys of optim: optim.batch_size"),
+    ("regularizers.uniformty", "did you mean regularizers.uniformity", "regularizers.uniformity_t"),
+    ("optm.lr", "did you mean optim.lr", "The sections: augment, data, distributed"),
+])
+def test_an_unknown_key_suggests_the_closest_and_lists_its_section(key, suggestion, listed):
+    with pytest.raises(UserError) as error:
+        resolve_config("fmnist", [f"{key}=1"])
+    assert suggestion in str(error.value) and listed in str(error.value)

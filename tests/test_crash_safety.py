@@ -2,6 +2,7 @@
 Ctrl-C save one at a step boundary, and the resumed run ends with the uninterrupted run's weights."""
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -123,3 +124,22 @@ def test_the_encoder_is_exported_as_safetensors_with_its_architecture(tiny_data,
     encoder = build_backbone(meta["backbone"], in_channels=int(meta["in_channels"]), widths=[int(w) for w in meta["widths"].split(",")],
                              depth=int(meta["depth"]), stem=meta["stem"])
     encoder.load_state_dict(tensors)  # the metadata alone rebuilds the network the weights belong to
+
+
+def test_a_non_finite_gradient_stops_the_run_with_a_diagnostic_and_keeps_the_last_good_checkpoint(tiny_data, tmp_path, capsys, monkeypatch):
+    real_step = Trainer.train_step
+
+    def poison_step_5(self, images, *generators):
+        if self.step == 5:  # the loss stays finite; one weight's gradient does not
+            next(self.method.encoder.parameters()).register_hook(lambda grad: grad * float("nan"))
+        return real_step(self, images, *generators)
+
+    monkeypatch.setattr(Trainer, "train_step", poison_step_5)
+    assert main(train_args(tiny_data, tmp_path, "nan", "run.checkpoint_every=0")) == 2
+    err = capsys.readouterr().err
+    assert "non-finite grad_norm in the steps up to 6" in err and "the last finite window (step 4)" in err
+    checkpoint = torch.load(tmp_path / "nan" / "checkpoint.pt", weights_only=True)
+    assert checkpoint["step"] == 4 and all(torch.isfinite(v).all() for v in checkpoint["method"].values() if v.is_floating_point())
+    records = [json.loads(line) for line in (tmp_path / "nan" / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["error"] == "non-finite grad_norm" and records[-1]["step"] == 6
+    assert all(math.isfinite(r["grad_norm"]) and r["grad_norm"] > 0 for r in records[:-1] if "grad_norm" in r)

@@ -8,6 +8,7 @@ builds one from a preset name and command-line overrides, checks every value and
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import re
 import types
@@ -315,8 +316,19 @@ def set_value(config: Config, key: str, value: Any) -> None:
         target = getattr(target, part)
     name = parts[-1]
     if not dataclasses.is_dataclass(target) or name not in {f.name for f in dataclasses.fields(target)} or dataclasses.is_dataclass(getattr(target, name)):
-        raise UserError(f"unknown config key {key!r}. Valid keys:\n  " + "\n  ".join(valid_keys()))
+        raise UserError(unknown_key_message(key))
     setattr(target, name, parse_value(value, _field_type(target, name), key))
+
+
+def unknown_key_message(key: str) -> str:
+    """What to say about a mistyped key: the closest valid keys, and the keys of its section."""
+    keys = valid_keys()
+    close = difflib.get_close_matches(key, keys, n=3, cutoff=0.8)
+    message = f"unknown config key {key!r}" + (f"; did you mean {' or '.join(close)}?" if close else "")
+    section = [k for k in keys if k.startswith(key.partition(".")[0] + ".")]
+    if section:
+        return message + f"\nThe keys of {key.partition('.')[0]}: " + ", ".join(section)
+    return message + f"\nThe sections: {', '.join(sorted({k.partition('.')[0] for k in keys}))} (`nocollapse config` lists every key)"
 
 
 def validate(config: Config) -> None:

@@ -21,7 +21,7 @@ from nocollapse.train.loop import METRICS
 
 GEOMETRY_KEYS = {"dim", "uniformity", "rankme", "separability", "std"}
 # Keys of a training-window metric line that are not loss terms.
-WINDOW_KEYS = {"step", "epoch", "lr", "tau", "img/s", "loss"}
+WINDOW_KEYS = {"step", "epoch", "lr", "tau", "img/s", "loss", "grad_norm"}
 
 
 @dataclass

@@ -150,6 +150,7 @@ class Trainer:
         self.warmup_steps = round(o.warmup_epochs * self.steps_per_epoch)
         self.step = 0
         self.tensorboard: TensorBoardLog | None = None
+        self._last_window: dict[str, Any] | None = None  # the last metric window, all finite: the diagnostic's "before"
         # DDP averages the online networks' gradients over the processes (the EMA target has none).
         losses = DistributedDataParallel(self.method, device_ids=[self.device] if self.device.type == "cuda" else None) if self.dist.enabled else self.method
         self.compute_losses = torch.compile(losses) if config.run.compile else losses
@@ -264,6 +265,9 @@ class Trainer:
             terms = self.compute_losses(views, noise)
         self.optimizer.zero_grad(set_to_none=True)
         terms["loss"].backward()
+        # Logged, and checked finite with the losses when the window closes (no sync here): a non-finite
+        # gradient stops the run before the next checkpoint can save what it did to the weights.
+        terms["grad_norm"] = torch.nn.utils.get_total_norm([p.grad for p in self.method.parameters() if p.grad is not None])
         self.optimizer.step()
         if hasattr(self.method, "update_target"):
             self.method.update_target(tau)
@@ -355,11 +359,15 @@ class Trainer:
         record = {"step": self.step, "epoch": self._epoch(), **values, "lr": lr,
                   **({"tau": tau} if hasattr(self.method, "update_target") else {}),
                   "img/s": round(steps * self.config.optim.batch_size / max(seconds, 1e-9), 1)}
-        if not all(math.isfinite(v) for v in values.values()):
-            self._write_metrics({**record, "error": "non-finite loss"})
-            raise UserError(f"the loss became non-finite by step {self.step} ({values}); lower optim.lr or lengthen optim.warmup_epochs. "
-                            f"The last good checkpoint in {self.run_dir} is kept.")
+        broken = [name for name, value in values.items() if not math.isfinite(value)]
+        if broken:
+            self._write_metrics({**record, "error": f"non-finite {', '.join(broken)}"})
+            last = self._last_window
+            before = f"; the last finite window (step {last['step']}): " + ", ".join(f"{k} {last[k]:.4g}" for k in values if k in last) if last else ""
+            raise UserError(f"non-finite {', '.join(broken)} in the steps up to {self.step}{before}. Lower optim.lr or lengthen "
+                            f"optim.warmup_epochs. The last good checkpoint in {self.run_dir} is kept.")
         self._write_metrics(record)
+        self._last_window = record
         return record
 
     def _monitor(self) -> None:
