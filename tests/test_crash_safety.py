@@ -1,6 +1,7 @@
 """Killed at any moment, a run loses nothing: SIGKILL leaves the last complete checkpoint, SIGTERM and
 Ctrl-C save one at a step boundary, and the resumed run ends with the uninterrupted run's weights."""
 
+import errno
 import json
 import math
 import os
@@ -143,3 +144,22 @@ def test_a_non_finite_gradient_stops_the_run_with_a_diagnostic_and_keeps_the_las
     records = [json.loads(line) for line in (tmp_path / "nan" / "metrics.jsonl").read_text().splitlines()]
     assert records[-1]["error"] == "non-finite grad_norm" and records[-1]["step"] == 6
     assert all(math.isfinite(r["grad_norm"]) and r["grad_norm"] > 0 for r in records[:-1] if "grad_norm" in r)
+
+
+def test_a_full_disk_at_a_checkpoint_is_a_clear_error_and_the_previous_checkpoint_survives(tiny_data, tmp_path, capsys, monkeypatch):
+    from nocollapse.train import checkpoint
+
+    real_fsync, writes = os.fsync, []
+
+    def disk_full_on_the_third_checkpoint(fd):
+        writes.append(fd)
+        if len(writes) == 3 + 2:  # config.json and environment.json come first
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_fsync(fd)
+
+    monkeypatch.setattr(checkpoint.os, "fsync", disk_full_on_the_third_checkpoint)
+    assert main(train_args(tiny_data, tmp_path, "full")) == 2
+    err = capsys.readouterr().err
+    assert "No space left on device" in err and "the previous checkpoint.pt is intact" in err and "Traceback" not in err
+    assert torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=True)["step"] == 2  # the second checkpoint, whole
+    assert not list((tmp_path / "full").glob(".*.tmp"))  # the half-written file is gone

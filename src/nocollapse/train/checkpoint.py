@@ -14,20 +14,32 @@ from nocollapse.errors import UserError
 
 
 def atomic_write_bytes(path: Path, write: Any) -> None:
-    """Call ``write(file)`` on a temporary file beside ``path``, fsync it, then rename it over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    umask = os.umask(0)
-    os.umask(umask)
+    """Call ``write(file)`` on a temporary file beside ``path``, fsync it, then rename it over ``path``.
+
+    A failed write (disk full, no permission) removes the temporary file and raises a UserError that
+    says so; ``path`` keeps its previous content.
+    """
+    temp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        umask = os.umask(0)
+        os.umask(umask)
         os.chmod(temp, 0o666 & ~umask)  # mkstemp makes the file private; give it the mode open() would
         with os.fdopen(fd, "wb") as file:
             write(file)
             file.flush()
             os.fsync(file.fileno())
         os.replace(temp, path)
+    except OSError as error:
+        if temp:
+            Path(temp).unlink(missing_ok=True)
+        kept = f"the previous {path.name} is intact" if path.exists() else f"nothing was written to {path}"
+        raise UserError(f"cannot write {path} ({error.strerror or error}); {kept}. Free disk space or point run.out_dir "
+                        "(or --out) to a writable place, then continue with --resume") from None
     except BaseException:
-        Path(temp).unlink(missing_ok=True)
+        if temp:
+            Path(temp).unlink(missing_ok=True)
         raise
 
 

@@ -233,8 +233,12 @@ class Trainer:
     def _write_metrics(self, record: dict[str, Any]) -> None:
         if not self.dist.is_main:
             return
-        with open(self.run_dir / METRICS, "a") as file:
-            file.write(json.dumps(record) + "\n")
+        try:
+            with open(self.run_dir / METRICS, "a") as file:
+                file.write(json.dumps(record) + "\n")
+        except OSError as error:  # a cut-short line is skipped by readers and truncated away by --resume
+            raise UserError(f"cannot append to {self.run_dir / METRICS} ({error.strerror or error}); the last checkpoint is intact. "
+                            "Free disk space, then continue with --resume") from None
         if self.tensorboard:
             self.tensorboard.write(record)
 
