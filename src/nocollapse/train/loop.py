@@ -112,8 +112,7 @@ class Trainer:
         self.config = config
         self.run_dir = run_dir or run_directory(config)
         # Under torchrun every process trains its slice of each batch; only rank 0 talks and writes files.
-        wanted = "cuda" if config.run.device.startswith("cuda") or (config.run.device == "auto" and torch.cuda.is_available()) else "cpu"
-        self.dist = init_distributed(wanted)
+        self.dist = init_distributed(select_device(config.run.device).type)
         self.show_progress = progress and self.dist.is_main
         self.log = log if self.dist.is_main else (lambda *_: None)
         self.device = select_device(config.run.device, self.dist.local_rank)
@@ -343,9 +342,10 @@ class Trainer:
                     self._monitor()
                     window_start = time.perf_counter()  # img/s counts training, not the monitor
                 if stop.requested:
-                    if window_steps:  # close the window: its losses are checked finite before the checkpoint
-                        self._log_window(totals, window_steps, time.perf_counter() - window_start)
-                    self.save()
+                    if not save_due:  # not saved at this step yet
+                        if window_steps:  # close the window: its losses are checked finite before the checkpoint
+                            self._log_window(totals, window_steps, time.perf_counter() - window_start)
+                        self.save()
                     self._write_metrics({"step": self.step, "epoch": self._epoch(), "stopped": stop.requested})
                     raise TrainingStopped(stop.requested, self.step, self.run_dir)
         progress.close()
