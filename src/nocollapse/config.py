@@ -133,6 +133,7 @@ class RunConfig:
     log_every: int = 20  # steps between metric lines (each costs a device sync)
     checkpoint_every: int = 0  # steps between extra checkpoints (0: only at the end of each epoch)
     tensorboard: bool = False  # also log the metrics as TensorBoard scalars in RUN_DIR/tensorboard (needs the tensorboard extra)
+    max_skipped_steps: int = 0  # steps with a non-finite loss or gradient to skip (no update) before stopping; 0: stop at the first. Above 0, each step is checked (one device sync per step)
 
 
 @dataclass
@@ -358,6 +359,7 @@ def validate(config: Config) -> None:
     require(e.knn_temperature > 0, f"eval.knn_temperature must be positive, got {e.knn_temperature}")
     require(e.monitor_every >= 0 and e.monitor_train_samples >= 0 and e.probe_epochs >= 1, "eval.monitor_every and eval.monitor_train_samples must be >= 0, eval.probe_epochs >= 1")
     require(r.log_every >= 1 and r.checkpoint_every >= 0, f"run.log_every must be >= 1 and run.checkpoint_every >= 0, got {r.log_every}, {r.checkpoint_every}")
+    require(r.max_skipped_steps >= 0, f"run.max_skipped_steps must be >= 0, got {r.max_skipped_steps}")
     require(re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", r.device) is not None, f"run.device={r.device!r}: use auto, cpu, cuda, cuda:N or mps")
     require(mo.depth >= 1 and len(mo.widths) > 0 and all(w >= 1 for w in mo.widths), f"model.widths must be positive and model.depth >= 1, got {mo.widths}, {mo.depth}")
     require(min(mo.projector_hidden, mo.projection_dim, mo.predictor_hidden) >= 1, "model.projector_hidden, projection_dim and predictor_hidden must be positive")
