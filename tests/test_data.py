@@ -358,7 +358,7 @@ def test_sixteen_bit_grayscale_is_scaled_not_clipped(tmp_path):
 def test_corrupt_image_is_named(tmp_path):
     make_folder(tmp_path, colour=False)
     (tmp_path / "train" / "zebra" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
-    with pytest.raises(UserError, match=r"cannot read image .*broken\.png"):
+    with pytest.raises(UserError, match=r"cannot be read:\n  .*broken\.png: "):
         load_dataset("image-folder", "train", tmp_path)
 
 

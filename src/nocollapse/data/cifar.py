@@ -113,6 +113,9 @@ def _read_batch(path: Path, spec: CifarSpec) -> tuple[np.ndarray, np.ndarray]:
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != ROW_BYTES:
         got = f"{data.dtype} array of shape {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
         raise UserError(f"{path}: 'data' must be a uint8 array of shape (n, {ROW_BYTES}) (one 3×32×32 image per row), got {got}")
+    if data.shape[0] == 0:  # no official batch is empty: the file was rewritten or cut down
+        raise UserError(f"{path} holds no images (its 'data' has 0 rows); the file is corrupt or not an official batch. "
+                        "Delete the folder and extract the official archive again")
     try:
         labels = np.asarray(_field(batch, spec.label_key, path))
     except ValueError:

@@ -35,6 +35,10 @@ class ImageDataset:
             raise ValueError(f"labels must be (N,) int64, got {tuple(self.labels.shape)} {self.labels.dtype}")
         if self.labels.shape[0] != self.images.shape[0]:
             raise ValueError(f"{self.images.shape[0]} images but {self.labels.shape[0]} labels")
+        # Every reader checks its labels with a message for the user; this catches a reader that forgot to.
+        if self.labels.numel() and (self.labels.min() < 0 or self.labels.max() >= len(self.classes)):
+            raise ValueError(f"labels span {int(self.labels.min())}..{int(self.labels.max())}, "
+                             f"expected 0..{len(self.classes) - 1} for {len(self.classes)} classes")
 
     def __len__(self) -> int:
         return self.images.shape[0]

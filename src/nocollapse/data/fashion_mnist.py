@@ -61,11 +61,15 @@ def find_fashion_mnist(split: str, data_dir: str | os.PathLike | None = None) ->
 def load_fashion_mnist(split: str, data_dir: str | os.PathLike | None = None) -> ImageDataset:
     """Read the Fashion-MNIST ``split`` ("train": 60 000 images, "test": 10 000) as (N, 1, 28, 28) uint8.
 
-    Any IDX image size is accepted (so MNIST-format look-alikes load too); labels must lie in 0..9.
+    Any IDX image size is accepted (so MNIST-format look-alikes load too); labels must lie in 0..9 (the IDX type
+    byte is checked to be unsigned, so negative labels cannot occur), and an empty split is refused.
     """
     images_path, labels_path = find_fashion_mnist(split, data_dir)
     images = read_idx(images_path, ndim=3)  # (N, H, W)
     labels = read_idx(labels_path, ndim=1)  # (N,)
+    if 0 in images.shape:  # a valid IDX header may say 0 images (or 0×0 pixels): nothing to train on
+        raise UserError(f"{images_path} holds no images (its header says shape {images.shape}); the file is not a real "
+                        "Fashion-MNIST split — download it again (`nocollapse download fashion-mnist --to DIR`)")
     if images.shape[0] != labels.shape[0]:
         raise UserError(f"{images_path} holds {images.shape[0]} images but {labels_path} holds {labels.shape[0]} labels; "
                         "the two files come from different splits or downloads — download both again")
