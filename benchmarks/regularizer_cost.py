@@ -6,6 +6,7 @@ spell of a shared machine hits all of them alike; the table gives the median ove
 
     python benchmarks/regularizer_cost.py                       # CPU, Fashion-MNIST presets
     python benchmarks/regularizer_cost.py --device cuda --steps 50 --rounds 5
+    python benchmarks/regularizer_cost.py --only "BYOL (fmnist)" "checked"
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ CONFIGS: dict[str, tuple[str, list[str]]] = {
     "MSBReg without SV, BD": ("fmnist-msbreg", ["regularizers.singular_value=0", "regularizers.brownian=0"]),
     "W-MSE 2 (fmnist-wmse2)": ("fmnist-wmse2", []),
     "W-MSE 2 + SV + BD": ("fmnist-wmse2", REGULARIZED),
+    # Not a regularizer: what checking every step for run.max_skipped_steps costs (a sync and a copy of the BatchNorm buffers).
+    "BYOL, every step checked finite": ("fmnist", ["run.max_skipped_steps=10"]),
 }
 
 
@@ -43,11 +46,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10, help="timed steps per configuration and round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--only", nargs="+", metavar="TEXT", help="only the configurations whose name contains one of these")
     args = parser.parse_args()
+    configs = {name: c for name, c in CONFIGS.items() if not args.only or any(text in name for text in args.only)}
 
     trainers = {}
     with tempfile.TemporaryDirectory() as out:
-        for i, (name, (preset, overrides)) in enumerate(CONFIGS.items()):
+        for i, (name, (preset, overrides)) in enumerate(configs.items()):
             config = resolve_config(preset, [*overrides, f"run.device={args.device}", f"run.out_dir={out}", f"run.name=c{i}",
                                              *([f"data.data_dir={args.data_dir}"] if args.data_dir else [])])
             trainers[name] = Trainer(config, run_dir=Path(out) / f"c{i}", progress=False, log=lambda *_: None)

@@ -1,8 +1,10 @@
 """Typed config: presets, dotted overrides, validation with useful messages."""
 
+import typing
+
 import pytest
 
-from nocollapse.config import PRESETS, Config, describe, resolve_config
+from nocollapse.config import PRESETS, Config, describe, resolve_config, valid_keys
 from nocollapse.errors import UserError
 
 
@@ -29,11 +31,11 @@ def test_unknown_key_lists_the_valid_ones():
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("optim.lr=-1", "optim.lr must be positive"),
-        ("optim.batch_size=1", "at least 2"),
-        ("optim.epochs=abc", "not a valid int"),
+        ("optim.lr=-1", r"optim.lr=-1.0: must be a finite number > 0"),
+        ("optim.batch_size=1", "optim.batch_size=1: must be an integer >= 2"),
+        ("optim.epochs=abc", "optim.epochs='abc': must be an integer"),
         ("method.byol.ema_base=1.5", "ema_base"),
-        ("model.backbone=vit", "not one of"),
+        ("model.backbone=vit", "model.backbone='vit': must be one of: convnet"),
         ("augment.crop_scale=0.9,0.1", "crop_scale"),
         ("optim.lr", "key=value"),
     ],
@@ -62,3 +64,89 @@ def test_an_unknown_key_suggests_the_closest_and_lists_its_section(key, suggesti
     with pytest.raises(UserError) as error:
         resolve_config("fmnist", [f"{key}=1"])
     assert suggestion in str(error.value) and listed in str(error.value)
+
+
+def bad_value(key: str) -> tuple[str, str]:
+    """A value out of ``key``'s range, chosen by its type, and how the error message shows it."""
+    by_key = {"preset": "..", "data.data_dir": "x\0y", "run.out_dir": "x\0y", "run.name": "a/b", "run.device": "gpu"}
+    if key in by_key:
+        return by_key[key], repr(by_key[key])
+    *sections, name = key.split(".")
+    section: object = Config()
+    for part in sections:
+        section = getattr(section, part)
+    kind = str(typing.get_type_hints(type(section))[name])
+    if "bool" in kind:
+        return "maybe", "'maybe'"
+    if "str" in kind:  # a choice
+        return "nope", "'nope'"
+    if "int" in kind:  # every int setting counts something, from 0 or 1: -1 is out of range
+        return "-1", "-1"
+    if "float, float" in kind:
+        return "nan,1", "nan,1"
+    return "nan", "nan"  # every float must be finite
+
+
+@pytest.mark.parametrize("key", valid_keys())
+def test_every_key_refuses_a_bad_value_naming_the_key_and_the_value(key):
+    text, shown = bad_value(key)
+    with pytest.raises(UserError) as error:
+        resolve_config("fmnist", {key: text})
+    message = str(error.value)
+    assert message.startswith(f"{key}=") and shown in message and "must be" in message, message
+
+
+@pytest.mark.parametrize("override, message", [
+    # Floats are finite: nan fails every comparison by itself, inf passes "> 0" unless checked.
+    ("optim.lr=inf", "optim.lr=inf: must be a finite number > 0"),
+    ("regularizers.uniformity_t=inf", "regularizers.uniformity_t=inf: must be a finite number > 0"),
+    ("augment.crop_ratio=0.5,inf", "augment.crop_ratio=0.5,inf: must be two finite numbers"),
+    ("augment.mean=inf", "augment.mean=inf: must be comma-separated finite numbers"),
+    ("method.sfrik.kernel_weights=1,inf", "method.sfrik.kernel_weights=1.0,inf: must be one or more"),
+    ("optim.lr_decay_at=0.5,nan", "optim.lr_decay_at=0.5,nan: must be comma-separated values, each a finite number in (0, 1]"),
+    # Sections the chosen method does not read are checked too: a typo there is still a mistake.
+    ("method.wmse.eps=1", "method.wmse.eps=1.0: must be a finite number in [0, 1)"),
+    ("method.sfrik.mmd=0", "method.sfrik.mmd=0.0: must be a finite number > 0"),
+    # Integers and their ranges.
+    ("run.seed=9223372036854775808", "run.seed=9223372036854775808: must be an integer in [0, 9223372036854775807]"),
+    ("run.seed=1.5", "run.seed='1.5': must be an integer"),
+    ("optim.epochs=inf", "optim.epochs='inf': must be an integer"),
+    ("model.projector_hidden=0", "model.projector_hidden=0: must be an integer >= 1"),
+    ("run.log_every=0", "run.log_every=0: must be an integer >= 1"),
+    ("regularizers.mhe_power=3", "regularizers.mhe_power=3: must be one of: 0, 1, 2"),
+    # Tuples: lengths and items.
+    ("augment.crop_scale=0.2", "augment.crop_scale='0.2': must be exactly 2 comma-separated values, each a number; got 1"),
+    ("augment.crop_scale=0.2,0.5,0.9", "augment.crop_scale='0.2,0.5,0.9': must be exactly 2"),
+    ("augment.crop_scale=", "augment.crop_scale='': must be exactly 2"),
+    ("eval.knn_k=", "eval.knn_k='': must be one or more comma-separated values, each an integer >= 1"),
+    ("eval.knn_k=5,0", "eval.knn_k=5,0: must be one or more"),
+    ("eval.knn_k=5,x", "eval.knn_k='5,x': must be comma-separated values, each an integer"),
+    ("model.widths=8,0", "model.widths=8,0: must be one or more comma-separated values, each an integer >= 1"),
+    ("augment.blur_prob=", "augment.blur_prob='': must be one or more comma-separated probabilities"),
+    # Names and paths.
+    ("run.name=..", "run.name='..': must be empty (the default"),
+    ("run.name=a\\b", "run.name='a\\\\b': must be empty"),
+    ("run.out_dir=runs\0x", "run.out_dir='runs\\x00x': must be a directory path without NUL bytes"),
+    ("run.device=cuda:128", "run.device='cuda:128': must be one of: auto, cpu, cuda, cuda:N (N in 0..127), mps"),
+    # Relations between keys.
+    ("optim.warmup_epochs=5", "optim.warmup_epochs=5.0: must be at most optim.epochs=4"),
+    ("augment.crop_scale=0.9,0.1", "augment.crop_scale=0.9,0.1: must be two finite numbers min,max with 0 < min <= max <= 1"),
+    ("augment.std=0.3,0.3", "augment.std=0.3,0.3: must be as many values as augment.mean (1)"),
+])
+def test_messages_name_the_key_the_value_and_what_is_allowed(override, message):
+    with pytest.raises(UserError) as error:
+        resolve_config("fmnist", [override])
+    assert str(error.value).startswith(message), str(error.value)
+
+
+@pytest.mark.parametrize("overrides", [["method.name=sfrik", "model.projection_dim=1"],
+                                       ["regularizers.kernel_uniformity=1", "model.projection_dim=1"]])
+def test_the_kernel_uniformity_needs_two_dimensions(overrides):
+    with pytest.raises(UserError, match=r"model.projection_dim=1: must be at least 2 with"):
+        resolve_config("fmnist", overrides)
+
+
+def test_a_blank_run_name_is_refused_but_an_empty_one_means_the_default():
+    assert resolve_config("fmnist", {"run.name": ""}).run.name == ""
+    with pytest.raises(UserError, match="run.name='  '"):
+        resolve_config("fmnist", {"run.name": "  "})

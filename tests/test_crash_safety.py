@@ -80,7 +80,8 @@ def test_sigkill_at_several_moments_never_loses_the_run(tiny_data, tmp_path):
             break
     assert kills >= 2, "the kills came too late to test anything; the machine is much faster than expected"
     if not (run_dir / "encoder.pt").exists():
-        finish = subprocess.run(command + ["--resume"], capture_output=True, text=True, timeout=300)
+        resume = ["--resume"] if (run_dir / "checkpoint.pt").exists() else []  # a loaded machine may kill every try before the first
+        finish = subprocess.run(command + resume, capture_output=True, text=True, timeout=300)
         assert finish.returncode == 0, finish.stderr[-2000:]
     assert_same_weights(encoder_weights(run_dir), encoder_weights(tmp_path / "straight"))
     steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
@@ -163,3 +164,102 @@ def test_a_full_disk_at_a_checkpoint_is_a_clear_error_and_the_previous_checkpoin
     assert "No space left on device" in err and "the previous checkpoint.pt is intact" in err and "Traceback" not in err
     assert torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=True)["step"] == 2  # the second checkpoint, whole
     assert not list((tmp_path / "full").glob(".*.tmp"))  # the half-written file is gone
+
+
+def poison(steps):
+    """A Trainer.train_step that makes one weight's gradient NaN at each step index in ``steps`` (the loss stays finite)."""
+    real_step = Trainer.train_step
+
+    def step(self, images, *generators):
+        if self.step not in steps:
+            return real_step(self, images, *generators)
+        hook = next(self.method.encoder.parameters()).register_hook(lambda grad: grad * float("nan"))
+        try:
+            return real_step(self, images, *generators)
+        finally:
+            hook.remove()
+
+    return step
+
+
+def test_a_skipped_step_moves_nothing(tiny_data, tmp_path):
+    """Weights, optimiser state, EMA target and BatchNorm statistics are exactly as before a skipped step."""
+    from nocollapse.config import resolve_config
+    from nocollapse.errors import NonFiniteStep
+
+    config = resolve_config("fmnist", [*TINY_RUN, f"data.data_dir={tiny_data}", f"run.out_dir={tmp_path}", "run.device=cpu", "run.max_skipped_steps=1"])
+    trainer = Trainer(config, progress=False, log=lambda *_: None)
+    images = trainer.train_images[:32]
+    trainer.train_step(images, torch.Generator().manual_seed(0))  # a real step first, so the optimiser has state
+    method_before = {k: v.clone() for k, v in trainer.method.state_dict().items()}
+    momentum_before = [s["momentum_buffer"].clone() for s in trainer.optimizer.state.values() if "momentum_buffer" in s]
+    assert momentum_before and any(k.endswith("running_mean") for k in method_before)
+    with pytest.raises(NonFiniteStep) as error:
+        poison({1})(trainer, images, torch.Generator().manual_seed(1))
+    assert "non-finite grad_norm (nan)" in str(error.value) and "finite: loss" in str(error.value)
+    assert trainer.step == 1  # the loop, not the step, decides what a skipped step counts for
+    assert_same_weights(trainer.method.state_dict(), method_before)  # also the BatchNorm running statistics and the target
+    momentum_after = [s["momentum_buffer"] for s in trainer.optimizer.state.values() if "momentum_buffer" in s]
+    assert all(torch.equal(a, b) for a, b in zip(momentum_before, momentum_after))
+    assert all(p.grad is None for p in trainer.method.parameters())
+
+
+def test_non_finite_steps_are_skipped_up_to_the_bound_then_stop_the_run(tiny_data, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(Trainer, "train_step", poison({5}))
+    short = ["optim.epochs=3", "eval.monitor_every=0", "run.max_skipped_steps=1"]  # 12 steps, a checkpoint after each
+    assert main(train_args(tiny_data, tmp_path, "one", *short)) == 0
+    records = [json.loads(line) for line in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
+    skipped = [r for r in records if "skipped" in r]
+    assert len(skipped) == 1 and skipped[0]["step"] == 6 and skipped[0]["skipped_steps"] == 1
+    assert "non-finite grad_norm" in skipped[0]["skipped"]
+    assert "warning: skipped step 6 (1 of run.max_skipped_steps=1)" in capsys.readouterr().out
+    windows = [r for r in records if "loss" in r]
+    # A window closes after every step here (a checkpoint each): the skipped step's has nothing to log.
+    assert [w["step"] for w in windows] == [s for s in range(1, 13) if s != 6] and all(math.isfinite(w["grad_norm"]) for w in windows)
+    assert all(torch.isfinite(v).all() for v in encoder_weights(tmp_path / "one").values() if v.is_floating_point())
+    assert torch.load(tmp_path / "one" / "checkpoint.pt", weights_only=True)["skipped_steps"] == 1
+
+    monkeypatch.setattr(Trainer, "train_step", poison({5, 7}))
+    assert main(train_args(tiny_data, tmp_path, "two", *short)) == 2
+    err = capsys.readouterr().err
+    assert "training stopped at step 8: non-finite grad_norm" in err and "after skipping 1 step(s), the most run.max_skipped_steps=1 allows" in err
+    checkpoint = torch.load(tmp_path / "two" / "checkpoint.pt", weights_only=True)
+    assert checkpoint["step"] == 7 and all(torch.isfinite(v).all() for v in checkpoint["method"].values() if v.is_floating_point())
+
+
+@pytest.fixture
+def small_filesystem(tmp_path):
+    """A 4 MB tmpfs mounted for the test: a disk that really fills up (needs root and mount; skipped elsewhere)."""
+    mount_point = tmp_path / "small-disk"
+    mount_point.mkdir()
+    mounted = os.geteuid() == 0 and subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount_point)],
+                                                   capture_output=True).returncode == 0
+    if not mounted:
+        pytest.skip("mounting a small tmpfs needs root and mount")
+    yield mount_point
+    subprocess.run(["umount", str(mount_point)], check=True)
+
+
+def test_a_really_full_disk_stops_the_run_cleanly_and_it_resumes_once_there_is_room(tiny_data, tmp_path, small_filesystem, capsys, monkeypatch):
+    assert main(train_args(tiny_data, tmp_path, "straight")) == 0
+    real_step, ballast = Trainer.train_step, small_filesystem / "ballast"
+
+    def fill_the_disk_at_step_10(self, images, *generators):
+        if self.step == 10:
+            free = os.statvfs(small_filesystem)
+            with open(ballast, "wb") as file:  # every free block but a few hundred bytes' worth
+                file.write(b"\0" * (free.f_bavail * free.f_frsize - 512))
+        return real_step(self, images, *generators)
+
+    monkeypatch.setattr(Trainer, "train_step", fill_the_disk_at_step_10)
+    assert main(train_args(tiny_data, small_filesystem, "full")) == 2
+    err = capsys.readouterr().err
+    assert "No space left on device" in err and "intact" in err and "Traceback" not in err
+    run_dir = small_filesystem / "full"
+    assert torch.load(run_dir / "checkpoint.pt", weights_only=True)["step"] == 10  # the last checkpoint before the disk filled
+    assert not list(run_dir.glob(".*.tmp"))
+
+    ballast.unlink()
+    monkeypatch.setattr(Trainer, "train_step", real_step)
+    assert main([*train_args(tiny_data, small_filesystem, "full"), "--resume"]) == 0
+    assert_same_weights(encoder_weights(run_dir), encoder_weights(tmp_path / "straight"))

@@ -37,7 +37,7 @@ def test_the_msbreg_example_gives_each_term_and_gradients():
     namespace = run_example(2)
     assert torch.isfinite(namespace["predictions"].grad).all() and torch.isfinite(namespace["projections"].grad).all()
     terms = namespace["terms"]
-    assert set(terms) == {"loss", "wmse", "singular_value", "brownian"}
+    assert set(terms) == {"loss", "wmse", "singular_value", "brownian", "embedding_std"}
     assert terms["loss"].item() == pytest.approx((terms["wmse"] + 10 * terms["singular_value"] + 0.1 * terms["brownian"]).item(), rel=1e-5)
 
 

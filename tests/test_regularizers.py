@@ -40,7 +40,7 @@ def test_the_loss_is_the_method_term_plus_the_weighted_regularizers():
     method = tiny_method("regularizers.singular_value=0.5", "regularizers.brownian=0.2", "regularizers.brownian_sigma=3")
     views = torch.randn(2, 8, 1, 28, 28, dtype=torch.float64)
     terms = method(views, torch.Generator().manual_seed(7))
-    assert set(terms) == {"loss", "byol", "singular_value", "brownian"}
+    assert set(terms) == {"loss", "byol", "singular_value", "brownian", "embedding_std"}
     torch.manual_seed(1)  # BatchNorm in train mode: the same views give the same outputs
     projections, predictions, targets = method.branches(views)
     assert terms["byol"].item() == pytest.approx(byol_loss(predictions, targets).item(), rel=1e-12)
@@ -49,12 +49,17 @@ def test_the_loss_is_the_method_term_plus_the_weighted_regularizers():
     assert terms["brownian"].item() == pytest.approx(brownian.item(), rel=1e-12)
     expected = terms["byol"] + 0.5 * terms["singular_value"] + 0.2 * terms["brownian"]
     assert terms["loss"].item() == pytest.approx(expected.item(), rel=1e-12)
+    # The collapse signal, not a loss term: per view, the std over the batch of the unit projections, averaged.
+    unit = projections / projections.norm(dim=-1, keepdim=True)
+    expected_std = sum(unit[m].std(dim=0, unbiased=True).mean() for m in range(2)) / 2
+    assert not terms["embedding_std"].requires_grad
+    assert terms["embedding_std"].item() == pytest.approx(expected_std.item(), rel=1e-6)
 
 
 def test_regularizers_attach_to_wmse_too():
     method = tiny_method("method.name=wmse", "method.wmse.w_size=32", "optim.batch_size=32", "regularizers.singular_value=1", preset="fmnist-wmse2")
     terms = method(torch.randn(2, 32, 1, 28, 28, dtype=torch.float64))
-    assert set(terms) == {"loss", "wmse", "singular_value"}
+    assert set(terms) == {"loss", "wmse", "singular_value", "embedding_std"}
     assert terms["loss"].item() == pytest.approx((terms["wmse"] + terms["singular_value"]).item(), rel=1e-12)
 
 
@@ -101,12 +106,12 @@ def test_msbreg_is_the_centroid_loss_on_byols_branches():
         terms = method(views)
         torch.manual_seed(2)
         _, predictions, targets = method.branches(views)
-        assert set(terms) == {"loss", "centroid"}
+        assert set(terms) == {"loss", "centroid", "embedding_std"}
         assert terms["centroid"].item() == pytest.approx(multiview_centroid_loss(predictions, targets, variant=variant).item(), rel=1e-12)
 
 
 def test_bad_regularizer_settings_are_refused_with_the_key():
-    with pytest.raises(UserError, match="regularizers.brownian must be >= 0"):
+    with pytest.raises(UserError, match=r"regularizers.brownian=-1.0: must be a finite number >= 0"):
         resolve_config("fmnist", ["regularizers.brownian=-1"])
     with pytest.raises(UserError, match="unknown config key 'regularizers.singular'"):
         resolve_config("fmnist", ["regularizers.singular=1"])

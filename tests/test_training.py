@@ -115,7 +115,7 @@ def test_cli_train_then_eval_prints_the_table_with_baselines(tiny_data, tmp_path
 
 @pytest.mark.parametrize(
     "override, message",
-    [("optim.lr=-1", "optim.lr must be positive"), ("optim.batch_size=1", "at least 2"), ("optim.momentun=0.9", "unknown config key")],
+    [("optim.lr=-1", "optim.lr=-1.0: must be a finite number > 0"), ("optim.batch_size=1", "optim.batch_size=1: must be an integer >= 2"), ("optim.momentun=0.9", "unknown config key")],
 )
 def test_cli_rejects_bad_settings_without_a_traceback(tiny_data, tmp_path, capsys, override, message):
     runs = tmp_path / "runs"
@@ -137,6 +137,15 @@ def test_cli_reports_a_corrupt_dataset(tiny_data, tmp_path, capsys):
     assert main(["train", "--quiet", "--data-dir", str(tiny_data), f"run.out_dir={tmp_path / 'runs'}"]) == 2
     err = capsys.readouterr().err
     assert "train-images-idx3-ubyte.gz" in err and "Traceback" not in err
+
+
+def test_overrides_may_come_before_and_after_options_in_order(capsys):
+    assert main(["config", "optim.lr=0.5", "--preset", "fmnist-wmse2", "optim.lr=0.25", "model.depth=2", "--json"]) == 0
+    config = json.loads(capsys.readouterr().out)
+    assert (config["preset"], config["optim"]["lr"], config["model"]["depth"]) == ("fmnist-wmse2", 0.25, 2)
+    with pytest.raises(SystemExit) as exit_:
+        main(["config", "optim.lr=0.5", "--preset", "fmnist", "stray"])
+    assert exit_.value.code == 2 and "unrecognized arguments: stray" in capsys.readouterr().err
 
 
 def test_cli_help_documents_the_commands(capsys):

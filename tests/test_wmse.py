@@ -82,9 +82,10 @@ def test_collapse_stops_training_with_the_step_and_keeps_the_checkpoint(tiny_dat
     with pytest.raises(UserError) as error:
         trainer.fit()
     message = str(error.value)
-    assert "step 6" in message and "collaps" in message and "eps" in message and "kept" in message
+    assert "step 7" in message and "collaps" in message and "eps" in message and "kept" in message
+    assert "run.max_skipped_steps=N skips up to N such steps instead" in message
     state = torch.load(checkpoint, weights_only=True)
     assert state["step"] == 4, "the last good checkpoint is the end of epoch 1"
     assert all(torch.isfinite(v).all() for v in state["method"].values() if v.is_floating_point())
     last = json.loads((trainer.run_dir / "metrics.jsonl").read_text().splitlines()[-1])
-    assert last["step"] == 6 and "error" in last
+    assert last["step"] == 7 and "error" in last

@@ -161,7 +161,13 @@ def run_download(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # argparse takes one run of positionals: overrides after an option (`train a=1 --data-dir D b=2`)
+    # come back unparsed. They are overrides all the same, in the order given.
+    args, rest = parser.parse_known_args(argv)
+    if rest:
+        if not hasattr(args, "overrides") or any(item.startswith("-") or "=" not in item for item in rest):
+            parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        args.overrides += rest
     if args.command is None:
         parser.print_help()
         return 0

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import json
+import math
 import re
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -233,20 +236,6 @@ PRESETS: dict[str, dict[str, Any]] = {
                       "optim.warmup_epochs": 2.5, "eval.monitor_every": 25},
 }
 
-CHOICES: dict[str, tuple[str, ...]] = {
-    "data.dataset": ("fashion-mnist", "cifar10", "cifar100", "image-folder"),
-    "model.backbone": ("convnet", "resnet18", "resnet34", "resnet50"),
-    "model.stem": ("cifar", "imagenet"),
-    "method.name": ("byol", "wmse", "msbreg", "sfrik"),
-    "method.msbreg.centroid": ("per_view", "mean"),
-    "regularizers.singular_value_target": ("mean", "uniform"),
-    "regularizers.mhe_distance": ("euclidean", "angular"),
-    "optim.schedule": ("cosine", "step"),
-    "optim.name": ("lars", "adamw", "adam", "sgd"),
-    "optim.lars_trust": ("update", "grad_plus_decay"),
-}
-
-
 def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """``{"optim": {"lr": 1}}`` → ``{"optim.lr": 1}``."""
     flat: dict[str, Any] = {}
@@ -263,12 +252,22 @@ def valid_keys(config: Config | None = None) -> list[str]:
 
 
 def _field_type(section: Any, name: str) -> Any:
-    hints = typing.get_type_hints(type(section))
-    return hints[name]
+    return _type_hints(type(section))[name]
+
+
+@functools.cache
+def _type_hints(cls: type) -> dict[str, Any]:
+    """The evaluated annotations of a config class; cached: evaluating them is most of an override's cost."""
+    return typing.get_type_hints(cls)
+
+
+KINDS = {bool: "true or false (also 1/0, yes/no, on/off)", int: "an integer", float: "a number", str: "text"}
 
 
 def parse_value(text: Any, annotation: Any, key: str) -> Any:
-    """Convert a command-line string (or a JSON value) to the field's type."""
+    """Convert a command-line string (or a JSON value) to the field's type; a value that does not
+    convert, or a fixed-length tuple (``tuple[float, float]``) with another number of items, raises
+    UserError ``KEY=TEXT: must be ...``."""
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
     if origin in (typing.Union, types.UnionType):
@@ -278,33 +277,45 @@ def parse_value(text: Any, annotation: Any, key: str) -> Any:
         inner = [a for a in args if a is not type(None)]
         return parse_value(text, inner[0], key)
     if origin is tuple:
-        items = text if isinstance(text, (list, tuple)) else [t for t in str(text).split(",") if t.strip()]
+        items = list(text) if isinstance(text, (list, tuple)) else [t for t in str(text).split(",") if t.strip()]
         item_type = args[0]
-        return tuple(parse_value(item, item_type, key) for item in items)
+        given = text if isinstance(text, str) else shown(tuple(items))
+        if Ellipsis not in args and len(items) != len(args):
+            raise UserError(f"{key}={given!r}: must be exactly {len(args)} comma-separated values, each "
+                            f"{KINDS.get(item_type, item_type)}; got {len(items)}")
+        try:
+            return tuple(_parse_scalar(item, item_type) for item in items)
+        except ValueError:
+            raise UserError(f"{key}={given!r}: must be comma-separated values, each {KINDS.get(item_type, item_type)}") from None
+    try:
+        return _parse_scalar(text, annotation)
+    except ValueError:
+        raise UserError(f"{key}={text!r}: must be {KINDS.get(annotation, annotation)}") from None
+
+
+def _parse_scalar(text: Any, annotation: Any) -> Any:
+    """``text`` as a bool, int, float or str; ValueError when it is not one."""
+    if annotation not in KINDS:
+        raise TypeError(f"unsupported field type {annotation}")  # a new field of a type this parser does not know: a bug
     try:
         if annotation is bool:
             if isinstance(text, bool):
                 return text
-            lowered = str(text).lower()
+            lowered = str(text).strip().lower()
             if lowered in ("1", "true", "yes", "on"):
                 return True
             if lowered in ("0", "false", "no", "off"):
                 return False
             raise ValueError
         if annotation is int:
-            if isinstance(text, float) and not text.is_integer():
+            if isinstance(text, float) and not text.is_integer():  # inf and nan are not integers either
                 raise ValueError
-            return int(text) if not isinstance(text, str) else int(text.strip())
+            return int(text.strip() if isinstance(text, str) else text)
         if annotation is float:
             return float(text)
-        if annotation is str:
-            return str(text)
-    except (TypeError, ValueError):
-        pass
-    else:
-        raise UserError(f"{key}: unsupported field type {annotation}")
-    kind = getattr(annotation, "__name__", str(annotation))
-    raise UserError(f"{key}={text!r} is not a valid {kind}")
+        return str(text)
+    except (TypeError, ValueError, OverflowError):
+        raise ValueError(text) from None
 
 
 def set_value(config: Config, key: str, value: Any) -> None:
@@ -332,63 +343,198 @@ def unknown_key_message(key: str) -> str:
     return message + f"\nThe sections: {', '.join(sorted({k.partition('.')[0] for k in keys}))} (`nocollapse config` lists every key)"
 
 
+# ---- validation -------------------------------------------------------------------------------------
+# One rule per key: (check, what is allowed). A failing value gives the message "KEY=VALUE: must be
+# ALLOWED". The augment.* rules live in AugmentConfig.validate, beside the code that reads them, so the
+# augmentation layer checks its own config when used without this module. Relations between keys
+# (warm-up within the epochs, W-MSE's sub-batches) are checked after every key passed its own rule.
+Rule = tuple[Callable[[Any], bool], str]
+
+
+def _bounds(low: float, high: float | None, low_open: bool, high_open: bool) -> tuple[Callable[[Any], bool], str]:
+    """The check and text of an interval from ``low`` to ``high`` (None: unbounded); an open end is excluded."""
+    def check(value: Any) -> bool:
+        above = value > low if low_open else value >= low
+        below = high is None or (value < high if high_open else value <= high)
+        return above and below
+
+    if high is None:
+        return check, f"{'>' if low_open else '>='} {low}"
+    return check, f"in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+
+
+def real(low: float, high: float | None = None, *, low_open: bool = False, high_open: bool = False, note: str = "") -> Rule:
+    """A finite number within the bounds: every comparison with nan is false, but inf passes ``> 0``."""
+    within, text = _bounds(low, high, low_open, high_open)
+    return (lambda v: isinstance(v, (int, float)) and math.isfinite(v) and within(v)), f"a finite number {text}{note}"
+
+
+def integer(low: int, high: int | None = None, *, note: str = "") -> Rule:
+    """An int (not a bool) in [low, high]."""
+    within, text = _bounds(low, high, False, False)
+    return (lambda v: isinstance(v, int) and not isinstance(v, bool) and within(v)), f"an integer {text}{note}"
+
+
+def tuple_of(rule: Rule, *, least: int = 0, note: str = "") -> Rule:
+    """A tuple of at least ``least`` items, each passing ``rule``."""
+    check, text = rule
+    count = "one or more comma-separated values" if least == 1 else "comma-separated values"
+    return (lambda v: isinstance(v, tuple) and len(v) >= least and all(check(x) for x in v)), f"{count}, each {text}{note}"
+
+
+def one_of(*choices: Any) -> Rule:
+    """One of ``choices``, compared after parsing (``regularizers.mhe_power`` is an int)."""
+    return (lambda v: v in choices), "one of: " + ", ".join(str(c) for c in choices)
+
+
+# The keys that name one of a few choices.
+CHOICES: dict[str, tuple[Any, ...]] = {
+    "data.dataset": ("fashion-mnist", "cifar10", "cifar100", "image-folder"),
+    "model.backbone": ("convnet", "resnet18", "resnet34", "resnet50"),
+    "model.stem": ("cifar", "imagenet"),
+    "method.name": ("byol", "wmse", "msbreg", "sfrik"),
+    "method.msbreg.centroid": ("per_view", "mean"),
+    "regularizers.singular_value_target": ("mean", "uniform"),
+    "regularizers.mhe_power": (0, 1, 2),
+    "regularizers.mhe_distance": ("euclidean", "angular"),
+    "optim.schedule": ("cosine", "step"),
+    "optim.name": ("lars", "adamw", "adam", "sgd"),
+    "optim.lars_trust": ("update", "grad_plus_decay"),
+}
+
+
+BOOL: Rule = (lambda v: isinstance(v, bool), "true or false")
+WEIGHT = real(0, note=" (a loss weight; 0: off)")
+_NON_NEGATIVE = tuple_of(real(0), least=1)[0]
+# b_ℓ < 0 makes φ = Σ b_ℓ P_ℓ an indefinite kernel, and all zeros no kernel at all.
+KERNEL_WEIGHTS: Rule = (lambda v: _NON_NEGATIVE(v) and any(w > 0 for w in v),
+                        "one or more comma-separated finite numbers b_1,b_2,... >= 0, not all 0 (a negative b_l is not a positive-definite kernel)")
+
+
+def _path(text: Any) -> bool:
+    """A string the operating system can take as a path: no NUL byte."""
+    return isinstance(text, str) and "\0" not in text
+
+
+def _plain_name(name: Any) -> bool:
+    """One directory level: not blank, '.' or '..', and without a path separator (Windows' too, so that
+    runs copy between systems) or a NUL byte."""
+    return _path(name) and name.strip() != "" and name not in (".", "..") and "/" not in name and "\\" not in name
+
+
+def _device(name: Any) -> bool:
+    # torch keeps device indices in 8 bits: cuda:128 would silently become cuda:-128.
+    match = re.fullmatch(r"auto|cpu|mps|cuda(?::(0|[1-9]\d{0,2}))?", name) if isinstance(name, str) else None
+    return match is not None and (match.group(1) is None or int(match.group(1)) <= 127)
+
+
+RULES: dict[str, Rule] = {
+    **{key: one_of(*choices) for key, choices in CHOICES.items()},
+    # Informational, but the default run.name starts with it.
+    "preset": (_plain_name, "a preset name: not blank, '.' or '..', without path separators or NUL bytes"),
+    "data.data_dir": ((lambda v: v is None or _path(v)),
+                      "a directory path without NUL bytes, or none to search $NOCOLLAPSE_DATA_DIR, then the system copy"),
+    "data.on_device": BOOL,
+    "model.widths": tuple_of(integer(1), least=1, note=" (channels per convnet stage)"),
+    "model.depth": integer(1),
+    "model.projector_hidden": integer(1),
+    "model.projection_dim": integer(1),
+    "model.predictor_hidden": integer(1),
+    "method.byol.ema_base": real(0, 1),
+    "method.wmse.w_size": integer(2, note=" (and above model.projection_dim)"),
+    "method.wmse.w_iter": integer(1),
+    "method.wmse.eps": real(0, 1, high_open=True),
+    "method.sfrik.invariance": WEIGHT,
+    "method.sfrik.mmd": real(0, low_open=True, note=" (without the MMD term SFRIK collapses)"),
+    "method.sfrik.kernel_weights": KERNEL_WEIGHTS,
+    "regularizers.singular_value": WEIGHT,
+    "regularizers.brownian": WEIGHT,
+    "regularizers.brownian_sigma": real(0),
+    "regularizers.contrastive": WEIGHT,
+    "regularizers.contrastive_temperature": real(0, low_open=True),
+    "regularizers.uniformity": WEIGHT,
+    "regularizers.uniformity_t": real(0, low_open=True),
+    "regularizers.alignment": WEIGHT,
+    "regularizers.kernel_uniformity": WEIGHT,
+    "regularizers.kernel_weights": KERNEL_WEIGHTS,
+    "regularizers.mhe": WEIGHT,
+    "regularizers.mhe_half_space": BOOL,
+    "optim.lr": real(0, low_open=True),
+    "optim.scale_lr": BOOL,
+    "optim.weight_decay": real(0),
+    "optim.momentum": real(0, 1, high_open=True),
+    "optim.eta": real(0, low_open=True),
+    "optim.lars_clip": BOOL,
+    "optim.batch_size": integer(2, note=" (BatchNorm and the losses need a batch)"),
+    "optim.epochs": integer(1),
+    "optim.warmup_epochs": real(0, note=" and at most optim.epochs"),
+    "optim.lr_decay_at": tuple_of(real(0, 1, low_open=True), note=" (fractions of training; none: no decay)"),
+    "optim.lr_decay_factor": real(0, 1, low_open=True),
+    "eval.knn_k": tuple_of(integer(1), least=1),
+    "eval.knn_temperature": real(0, low_open=True),
+    "eval.knn_euclidean_k": tuple_of(integer(1), note=" (none: off)"),
+    "eval.monitor_every": integer(0, note=" (0: off)"),
+    "eval.monitor_train_samples": integer(0, note=" (0: all)"),
+    "eval.linear_probe": BOOL,
+    "eval.probe_epochs": integer(1),
+    "eval.baselines": BOOL,
+    "run.seed": integer(0, 2**63 - 1, note=" (torch.manual_seed takes 64 bits)"),
+    "run.device": (_device, "one of: auto, cpu, cuda, cuda:N (N in 0..127), mps"),
+    "run.out_dir": (_path, "a directory path without NUL bytes"),
+    "run.name": ((lambda v: v == "" or _plain_name(v)),
+                 "empty (the default <preset>-<method>-seed<seed>) or a plain directory name: not blank, '.' or '..', without path separators or NUL bytes"),
+    "run.amp": BOOL,
+    "run.channels_last": BOOL,
+    "run.compile": BOOL,
+    "run.log_every": integer(1),
+    "run.checkpoint_every": integer(0, note=" (0: only at the end of each epoch)"),
+    "run.tensorboard": BOOL,
+    "run.max_skipped_steps": integer(0),
+    "distributed.gather": BOOL,
+    "distributed.sync_bn": BOOL,
+}
+
+
+def shown(value: Any) -> str:
+    """A value as written on the command line: tuples comma-separated, strings quoted (to show blanks)."""
+    if isinstance(value, tuple):
+        return ",".join(str(v) for v in value) or "''"
+    if value is None:
+        return "none"
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+def _passes(check: Callable[[Any], bool], value: Any) -> bool:
+    try:
+        return bool(check(value))
+    except TypeError:  # a value of the wrong type, set in code rather than parsed
+        return False
+
+
 def validate(config: Config) -> None:
-    """Check every value; raise UserError naming the field, its value and what would be valid."""
-    for key, choices in CHOICES.items():
-        value: Any = config
-        for part in key.split("."):
-            value = getattr(value, part)
-        if value not in choices:
-            raise UserError(f"{key}={value!r} is not one of: {', '.join(choices)}")
-
-    def require(ok: bool, message: str) -> None:
-        if not ok:
-            raise UserError(message)
-
-    o, m, e, r, mo = config.optim, config.method, config.eval, config.run, config.model
-    require(o.lr > 0, f"optim.lr must be positive, got {o.lr}")
-    require(o.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {o.weight_decay}")
-    require(0 <= o.momentum < 1, f"optim.momentum must lie in [0, 1), got {o.momentum}")
-    require(o.eta > 0, f"optim.eta must be positive, got {o.eta}")
-    require(o.batch_size >= 2, f"optim.batch_size must be at least 2 (BatchNorm and the losses need a batch), got {o.batch_size}")
-    require(o.epochs >= 1, f"optim.epochs must be at least 1, got {o.epochs}")
-    require(0 <= o.warmup_epochs <= o.epochs, f"optim.warmup_epochs must lie in [0, optim.epochs={o.epochs}], got {o.warmup_epochs}")
-    require(0 <= m.byol.ema_base <= 1, f"method.byol.ema_base must lie in [0, 1], got {m.byol.ema_base}")
-    require(all(k >= 1 for k in e.knn_k) and len(e.knn_k) > 0, f"eval.knn_k must be positive integers, got {e.knn_k}")
-    require(all(k >= 1 for k in e.knn_euclidean_k), f"eval.knn_euclidean_k must be positive integers, got {e.knn_euclidean_k}")
-    require(e.knn_temperature > 0, f"eval.knn_temperature must be positive, got {e.knn_temperature}")
-    require(e.monitor_every >= 0 and e.monitor_train_samples >= 0 and e.probe_epochs >= 1, "eval.monitor_every and eval.monitor_train_samples must be >= 0, eval.probe_epochs >= 1")
-    require(r.log_every >= 1 and r.checkpoint_every >= 0, f"run.log_every must be >= 1 and run.checkpoint_every >= 0, got {r.log_every}, {r.checkpoint_every}")
-    require(r.max_skipped_steps >= 0, f"run.max_skipped_steps must be >= 0, got {r.max_skipped_steps}")
-    require(re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", r.device) is not None, f"run.device={r.device!r}: use auto, cpu, cuda, cuda:N or mps")
-    require(mo.depth >= 1 and len(mo.widths) > 0 and all(w >= 1 for w in mo.widths), f"model.widths must be positive and model.depth >= 1, got {mo.widths}, {mo.depth}")
-    require(min(mo.projector_hidden, mo.projection_dim, mo.predictor_hidden) >= 1, "model.projector_hidden, projection_dim and predictor_hidden must be positive")
-    require("/" not in r.name and r.name not in (".", ".."), f"run.name={r.name!r} must be a plain directory name")
-    require(all(0 < f <= 1 for f in o.lr_decay_at) and 0 < o.lr_decay_factor <= 1, f"optim.lr_decay_at must be fractions in (0, 1] and optim.lr_decay_factor in (0, 1], got {o.lr_decay_at}, {o.lr_decay_factor}")
-    for name, weight in dataclasses.asdict(config.regularizers).items():
-        require(not isinstance(weight, float) or weight >= 0, f"regularizers.{name} must be >= 0, got {weight}")
-    reg = config.regularizers
-    require(reg.contrastive_temperature > 0 and reg.uniformity_t > 0,
-            f"regularizers.contrastive_temperature and regularizers.uniformity_t must be positive, got {reg.contrastive_temperature}, {reg.uniformity_t}")
-    require(reg.mhe_power in (0, 1, 2), f"regularizers.mhe_power={reg.mhe_power} is not one of: 0, 1, 2")
-    kernels = {"regularizers.kernel_weights": reg.kernel_weights, **({"method.sfrik.kernel_weights": m.sfrik.kernel_weights} if m.name == "sfrik" else {})}
-    for key, weights in kernels.items():
-        require(len(weights) > 0 and all(w >= 0 for w in weights) and any(w > 0 for w in weights),
-                f"{key} must be b_1,b_2,... all >= 0 and not all 0 (a negative b_l is not a positive-definite kernel), got {weights}")
-    if m.name == "sfrik":
-        require(m.sfrik.invariance >= 0 and m.sfrik.mmd > 0,
-                f"method.sfrik.invariance must be >= 0 and method.sfrik.mmd > 0 (without the MMD term SFRIK collapses), got {m.sfrik.invariance}, {m.sfrik.mmd}")
-    if m.name == "wmse":
-        w = m.wmse
-        require(w.w_iter >= 1 and 0 <= w.eps < 1, f"method.wmse.w_iter must be >= 1 and method.wmse.eps in [0, 1), got {w.w_iter}, {w.eps}")
-        try:
-            check_whitening_shapes(o.batch_size, mo.projection_dim, w.w_size)
-        except ValueError as error:
-            raise UserError(f"W-MSE settings (optim.batch_size={o.batch_size}, model.projection_dim={mo.projection_dim}, method.wmse.w_size={w.w_size}): {error}") from None
+    """Check every value, in every section (also those the chosen method does not read: a typo there is
+    still a mistake); raise UserError ``KEY=VALUE: must be ALLOWED`` at the first one that is off."""
+    flat = flatten(config.to_dict())
+    for key, value in flat.items():
+        if key in RULES and not _passes(RULES[key][0], value):
+            raise UserError(f"{key}={shown(value)}: must be {RULES[key][1]}")
     try:
         config.augment.validate()
     except ValueError as error:
         raise UserError(str(error)) from None
+    o, m = config.optim, config.method
+    if o.warmup_epochs > o.epochs:
+        raise UserError(f"optim.warmup_epochs={shown(o.warmup_epochs)}: must be at most optim.epochs={o.epochs}")
+    kernel = "method.name=sfrik" if m.name == "sfrik" else "regularizers.kernel_uniformity>0" if config.regularizers.kernel_uniformity > 0 else ""
+    if kernel and config.model.projection_dim < 2:
+        raise UserError(f"model.projection_dim={config.model.projection_dim}: must be at least 2 with {kernel} "
+                        "(the kernel uniformity lives on the sphere S^(q-1), q >= 2)")
+    if m.name == "wmse":
+        try:
+            check_whitening_shapes(o.batch_size, config.model.projection_dim, m.wmse.w_size)
+        except ValueError as error:
+            raise UserError(f"W-MSE settings (optim.batch_size={o.batch_size}, model.projection_dim={config.model.projection_dim}, "
+                            f"method.wmse.w_size={m.wmse.w_size}): {error}") from None
 
 
 def resolve_config(preset: str = "fmnist", overrides: list[str] | dict[str, Any] | None = None) -> Config:

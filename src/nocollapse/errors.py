@@ -14,6 +14,18 @@ class CollapseError(RuntimeError):
     positive definite). The training loop reports it with the step and keeps the last good checkpoint."""
 
 
+class NonFiniteStep(RuntimeError):
+    """A training step whose loss terms or gradient norm are not finite, caught before the update.
+
+    ``broken`` holds the non-finite values by name, ``finite`` the other terms of the same step.
+    """
+
+    def __init__(self, broken: dict[str, float], finite: dict[str, float]) -> None:
+        shown = ", ".join(f"{name} {value:.4g}" for name, value in finite.items())
+        super().__init__(f"non-finite {', '.join(f'{name} ({value})' for name, value in broken.items())}" + (f"; finite: {shown}" if shown else ""))
+        self.broken, self.finite = broken, finite
+
+
 class TrainingStopped(Exception):
     """Training stopped on request (SIGTERM, Ctrl-C) at a step boundary, after saving a checkpoint there."""
 

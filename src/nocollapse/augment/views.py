@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -35,28 +36,47 @@ class AugmentConfig:
     std: tuple[float, ...] = field(default_factory=tuple)  # per-channel standard deviation, paired with mean
 
     def validate(self) -> None:
-        """Raise ValueError naming the first field that is out of range."""
-        def check(ok: bool, what: str) -> None:
-            if not ok:
-                raise ValueError(f"augment.{what}")
+        """Raise ValueError ``augment.KEY=VALUE: must be ALLOWED`` for the first field out of range.
 
-        check(self.num_views >= 2, f"num_views must be at least 2 (a method compares views), got {self.num_views}")
-        check(self.crop_size is None or self.crop_size >= 4, f"crop_size must be at least 4 pixels, got {self.crop_size}")
-        check(0 < self.crop_scale[0] <= self.crop_scale[1] <= 1, f"crop_scale must satisfy 0 < min <= max <= 1, got {self.crop_scale}")
-        check(0 < self.crop_ratio[0] <= self.crop_ratio[1], f"crop_ratio must satisfy 0 < min <= max, got {self.crop_ratio}")
-        check(0 < self.blur_sigma[0] <= self.blur_sigma[1], f"blur_sigma must satisfy 0 < min <= max, got {self.blur_sigma}")
-        for name in ("flip_prob", "jitter_prob", "grayscale_prob"):
+        Every float must be finite: nan fails every comparison, but inf would pass ``0 < min <= max``."""
+        def fail(name: str, allowed: str) -> None:
             value = getattr(self, name)
-            check(0 <= value <= 1, f"{name} is a probability, got {value}")
+            text = (",".join(str(v) for v in value) or "''") if isinstance(value, tuple) else str(value)
+            raise ValueError(f"augment.{name}={text}: must be {allowed}")
+
+        def numbers(values: object, length: int | None = None) -> bool:
+            """A tuple of finite numbers (of ``length`` items when given, else at least one)."""
+            return (isinstance(values, tuple) and (len(values) == length if length else len(values) > 0)
+                    and all(isinstance(v, (int, float)) and math.isfinite(v) for v in values))
+
+        def integer(value: object) -> bool:
+            return isinstance(value, int) and not isinstance(value, bool)
+
+        if not (integer(self.num_views) and self.num_views >= 2):
+            fail("num_views", "an integer >= 2 (a method compares views)")
+        if not (self.crop_size is None or (integer(self.crop_size) and self.crop_size >= 4)):
+            fail("crop_size", "an integer >= 4 (pixels), or none for the dataset's image side")
+        if not (numbers(self.crop_scale, 2) and 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1):
+            fail("crop_scale", "two finite numbers min,max with 0 < min <= max <= 1 (crop area as a fraction of the image)")
+        for name in ("crop_ratio", "blur_sigma"):
+            pair = getattr(self, name)
+            if not (numbers(pair, 2) and 0 < pair[0] <= pair[1]):
+                fail(name, "two finite numbers min,max with 0 < min <= max")
+        ranges = {"flip_prob": (0, 1, False), "jitter_prob": (0, 1, False), "grayscale_prob": (0, 1, False), "brightness": (0, 1, False),
+                  "contrast": (0, 1, False), "saturation": (0, 1, False), "hue": (0, 0.5, False), "blur_kernel_fraction": (0, 1, True)}
+        for name, (low, high, low_open) in ranges.items():
+            value = getattr(self, name)
+            if not (numbers((value,)) and (low < value if low_open else low <= value) and value <= high):
+                fail(name, f"a finite number in {'(' if low_open else '['}{low}, {high}]")
         for name in ("blur_prob", "solarize_prob"):
-            values = getattr(self, name)
-            check(len(values) > 0 and all(0 <= v <= 1 for v in values), f"{name} must be probabilities, one per view, got {values}")
-        for name in ("brightness", "contrast", "saturation"):
-            value = getattr(self, name)
-            check(0 <= value <= 1, f"{name} must lie in [0, 1], got {value}")
-        check(0 <= self.hue <= 0.5, f"hue must lie in [0, 0.5], got {self.hue}")
-        check(len(self.mean) == len(self.std), f"mean and std need the same length, got {self.mean} and {self.std}")
-        check(all(s > 0 for s in self.std), f"std must be positive, got {self.std}")
+            if not (numbers(getattr(self, name)) and all(0 <= p <= 1 for p in getattr(self, name))):
+                fail(name, "one or more comma-separated probabilities in [0, 1] (view m uses value m modulo their number)")
+        if not (self.mean == () or numbers(self.mean)):
+            fail("mean", "comma-separated finite numbers, one per channel (none: no normalisation)")
+        if not (self.std == () or numbers(self.std)) or not all(s > 0 for s in self.std):
+            fail("std", "comma-separated finite numbers > 0, one per channel")
+        if len(self.mean) != len(self.std):
+            fail("std", f"as many values as augment.mean ({len(self.mean)}), one per channel")
 
 
 def per_view(values: tuple[float, ...], num_views: int, batch: int, device: torch.device) -> Tensor:

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from nocollapse.eval.checks import check_geometry_split
 from nocollapse.losses.uniformity import alignment_loss, uniformity_loss
 
 RANKME_MAX_SAMPLES = 25_600  # Garrido et al. estimate RankMe on at most this many embeddings
@@ -162,7 +163,12 @@ def geometry_scores(
         labels: (N,) integer class labels of those images.
         views: (M, B, dim) embeddings of M augmented views of B images, or None.
         uniformity_samples: rows for uniformity, ≥ 2.
+
+    Raises :class:`~nocollapse.errors.UserError` when the features hold NaN or Inf, or when the labels
+    give too few rows or classes for the scores (:func:`~nocollapse.eval.checks.check_geometry_split`).
     """
+    if features.ndim == 2 and labels.ndim == 1:  # wrong shapes are the caller's mistake (ValueError below); too small a split is the data's
+        check_geometry_split(features, labels)
     _check_features(features, "geometry_scores")
     if uniformity_samples < 2:
         raise ValueError(f"uniformity_samples must be at least 2, got {uniformity_samples}")

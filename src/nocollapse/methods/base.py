@@ -7,9 +7,20 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nocollapse.methods.regularizers import INPUTS, Regularizer
+
+
+def normalized_std(embeddings: Tensor) -> Tensor:
+    """``mean_{m,k} std_b(ẑ_mbk)`` with ``ẑ = z/‖z‖`` over the last axis: SimSiam's collapse signal per view.
+
+    For (M, B, d) embeddings, the standard deviation over the B ≥ 2 rows of each view's ℓ2-normalised
+    embeddings (normalised by B − 1), averaged over the d dimensions and the M views, without gradient.
+    About ``1/√d`` when the embeddings spread over the sphere, 0 when they all point the same way.
+    """
+    return F.normalize(embeddings.detach().float(), dim=-1).std(dim=-2).mean()
 
 
 def own_batch(embeddings: Tensor) -> Tensor:
@@ -63,13 +74,18 @@ class Method(nn.Module, ABC):
         self.regularizers.append((name, weight, regularizer))
 
     def forward(self, views: Tensor, generator: torch.Generator | None = None) -> dict[str, Tensor]:
-        """``{"loss": Σ terms + Σ weight·regularizer, **terms, **regularizers}`` for (M, B, C, H, W) views.
+        """``{"loss": Σ terms + Σ weight·regularizer, **terms, **regularizers, "embedding_std": ...}`` for
+        (M, B, C, H, W) views.
+
+        ``embedding_std`` is no loss term: it is :func:`normalized_std` of this process's online
+        projections, the collapse signal the training loop logs and watches.
 
         ``generator`` feeds stochastic regularizers (the Brownian kick); the training loop passes
         one seeded per step so that a run and its resumes draw the same noise.
         """
         terms, embeddings = self.objective(views)
         loss = sum(terms.values())
+        spread = normalized_std(embeddings)
         # Regularizers see the global batch: batch statistics need it, and per-sample terms (alignment, the
         # Brownian kick, drawn from a generator seeded alike on every process) give the same mean either way.
         if any("embeddings" in regularizer.consumes for _, _, regularizer in self.regularizers):
@@ -81,4 +97,4 @@ class Method(nn.Module, ABC):
             value = regularizer(**{key: provide[key]() for key in regularizer.consumes})
             terms[name] = value
             loss = loss + weight * value
-        return {"loss": loss, **terms}
+        return {"loss": loss, **terms, "embedding_std": spread}

@@ -36,6 +36,7 @@ h2 { font-size: 18px; margin: 36px 0 8px; padding-bottom: 4px; border-bottom: 1p
 p.lede { color: #5a6570; margin: 0 0 16px; }
 p.caption { color: #5a6570; margin: 4px 0 12px; max-width: 900px; }
 .note { background: #fff7e0; border-left: 4px solid #e0a800; padding: 6px 12px; margin: 8px 0; }
+.warning { background: #fff0e0; border-left: 4px solid #e65100; padding: 6px 12px; margin: 8px 0; }
 .error { background: #fdecea; border-left: 4px solid #c62828; padding: 6px 12px; margin: 8px 0; }
 table { border-collapse: collapse; background: #fff; margin: 8px 0; font-variant-numeric: tabular-nums; }
 th, td { padding: 4px 10px; border-bottom: 1px solid #e3e6ea; text-align: left; vertical-align: top; }
@@ -102,7 +103,24 @@ def _status(run: RunRecord) -> str:
         status = "trained, not evaluated"
     else:
         status = "interrupted or still training"
-    return status + (f" (resumed {resumes}×)" if resumes else "")
+    warnings = sum("warning" in event for event in run.events)
+    skipped = max((event.get("skipped_steps", 0) for event in run.events if "skipped" in event), default=0)
+    marks = [f"resumed {resumes}×" if resumes else "", f"{warnings} collapse warning(s)" if warnings else "",
+             f"{skipped} non-finite step(s) skipped" if skipped else ""]
+    return status + "".join(f"; {mark}" for mark in marks if mark)
+
+
+def alerts(runs: Sequence[RunRecord]) -> str:
+    """A highlighted line for each collapse warning and skipped step of the runs, where they cannot be missed."""
+    lines = []
+    for run in runs:
+        for event in run.events:
+            if "warning" in event:
+                lines.append(f'<p class="warning">{html.escape(run.label)}, step {event.get("step")}: {html.escape(str(event["warning"]))}</p>')
+            elif "skipped" in event:
+                lines.append(f'<p class="warning">{html.escape(run.label)}: step {event.get("step")} skipped '
+                             f'({html.escape(str(event["skipped"]))})</p>')
+    return "".join(lines)
 
 
 def training_table(runs: Sequence[RunRecord]) -> str:
@@ -248,8 +266,10 @@ FIGURES: list[tuple[str, str, Callable[[Sequence[RunRecord]], Any], str]] = [
     ("schedule", "Learning rate and EMA momentum τ", plots.schedule_figure,
      "The learning rate (warm-up then decay) and, for methods with a target network, the EMA momentum τ that rises to 1."),
     ("geometry", "Alignment, uniformity and rank over epochs", plots.geometry_figure,
-     "Wang & Isola's alignment (positive pairs) and uniformity (spread on the sphere), and RankMe, of the test features (top) "
-     "and projections (bottom). Collapse shows as uniformity rising to 0 and RankMe falling to 1."),
+     "Wang & Isola's alignment (positive pairs) and uniformity (spread on the sphere), RankMe, and the per-dimension std of the "
+     "normalised embeddings times √d (about 1 when spread, 0 when collapsed), of the test features (top) and projections (bottom). "
+     "Dashed: the std of each training window's online projections; dotted: the level below which training warns of collapse. "
+     "Collapse shows as uniformity rising to 0, RankMe falling to 1 and the std to 0."),
     ("spectrum", "Singular spectrum of the test embeddings", plots.spectrum_figure,
      "Singular values σ_k/σ_1 of the test embeddings after training (log scale); dashed: the baselines. A spectrum that "
      "drops to ~0 after a few values is dimensional collapse, which uniformity can hide."),
@@ -341,7 +361,7 @@ def render_page(runs: Sequence[RunRecord], sections: list[tuple[str, str, list[P
     parts = [f"<h1>{html.escape(title)}</h1>", f'<p class="lede">{len(runs)} run(s), report generated {generated}</p>',
              "<nav>" + "".join(f'<a href="#{i}">{html.escape(t)}</a>' for i, t in nav) + "</nav>"]
     parts += [f'<p class="note">{html.escape(note)}</p>' for note in notes]
-    parts.append(f'<section id="training"><h2>What was trained</h2>{training_table(runs)}{differing_settings(runs)}</section>')
+    parts.append(f'<section id="training"><h2>What was trained</h2>{training_table(runs)}{alerts(runs)}{differing_settings(runs)}</section>')
     accuracy = accuracy_table(runs) or '<p class="note">No run has been evaluated yet: `nocollapse eval RUN_DIR` scores one.</p>'
     parts.append('<section id="accuracy"><h2>Accuracy against the baselines</h2>'
                  '<p class="caption">Top-1 accuracy (%) on the test split: cosine kNN (temperature-weighted votes) and a linear probe on '

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from nocollapse.report.runs import RunRecord, knn_key
+from nocollapse.train.collapse import STD_WARNING
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -166,11 +167,20 @@ def schedule_figure(runs: Sequence[RunRecord]) -> Figure | None:
 
 
 GEOMETRY_PANELS = (("alignment", "alignment (lower: positives closer)"), ("uniformity", "uniformity (lower: more spread)"),
-                   ("rankme", "RankMe (effective rank)"))
+                   ("rankme", "RankMe (effective rank)"), ("std", "std·√d of ẑ (0: collapsed)"))
+
+
+def _geometry_value(scores: dict[str, Any], key: str) -> float | None:
+    """A monitor geometry value as plotted: the std scaled by √dim, so that spread embeddings read about 1 at any dim."""
+    value = scores.get(key)
+    if value is None or key != "std":
+        return value
+    return value * math.sqrt(scores["dim"]) if "dim" in scores else None
 
 
 def geometry_figure(runs: Sequence[RunRecord]) -> Figure | None:
-    """Alignment, uniformity and RankMe of the test features (top) and projections (bottom) per epoch."""
+    """Alignment, uniformity, RankMe and normalised std of the test features (top) and projections (bottom) per
+    epoch; the std panel of the projections also draws the training batches' (dashed) and the warning level."""
     spaces = [space for space in ("features", "projections") if any(space in m.get("geometry", {}) for run in runs for m in run.monitors)]
     if not spaces:
         return None
@@ -180,11 +190,18 @@ def geometry_figure(runs: Sequence[RunRecord]) -> Figure | None:
         for col, (key, title) in enumerate(GEOMETRY_PANELS):
             ax = axes[row * len(GEOMETRY_PANELS) + col]
             for run in runs:
-                points = [(m["epoch"], m["geometry"][space][key]) for m in run.monitors
-                          if m.get("geometry", {}).get(space, {}).get(key) is not None]
+                points = [(m["epoch"], _geometry_value(m["geometry"][space], key)) for m in run.monitors
+                          if _geometry_value(m.get("geometry", {}).get(space, {}), key) is not None]
                 if points:
                     x, y = zip(*points)
                     ax.plot(x, y, marker="o", markersize=3, color=colors[run.label], label=run.label)
+                dim = run.config.get("model", {}).get("projection_dim")
+                batches = [(w["epoch"], w["embedding_std"] * math.sqrt(dim)) for w in run.windows if "embedding_std" in w] if dim else []
+                if key == "std" and space == "projections" and batches:
+                    x, y = zip(*batches)
+                    ax.plot(x, y, linestyle="--", linewidth=0.8, color=colors[run.label])
+            if key == "std":
+                ax.axhline(STD_WARNING, color="grey", linestyle=":", linewidth=1)
             ax.set_title(f"{space}: {title}", fontsize=9)
             ax.set_xlabel("epoch")
             ax.grid(alpha=0.3)

@@ -21,7 +21,8 @@ from nocollapse.train.loop import METRICS
 
 GEOMETRY_KEYS = {"dim", "uniformity", "rankme", "separability", "std"}
 # Keys of a training-window metric line that are not loss terms.
-WINDOW_KEYS = {"step", "epoch", "lr", "tau", "img/s", "loss", "grad_norm"}
+WINDOW_KEYS = {"step", "epoch", "lr", "tau", "img/s", "loss", "grad_norm", "embedding_std"}
+EVENT_KEYS = ("resumed", "error", "stopped", "warning", "skipped")
 
 
 @dataclass
@@ -39,7 +40,7 @@ class RunRecord:
 
     ``windows`` are the training-window lines of ``metrics.jsonl`` (mean loss terms, lr, τ, img/s
     since the previous line), ``monitors`` the per-epoch lines (kNN, geometry), ``events`` the resume,
-    stop (SIGTERM, Ctrl-C) and error lines; ``evaluation`` is ``eval.json`` (None before evaluation).
+    stop (SIGTERM, Ctrl-C), error, collapse warning and skipped-step lines; ``evaluation`` is ``eval.json`` (None before evaluation).
     """
 
     path: Path
@@ -113,7 +114,7 @@ def read_metrics(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]
             continue
         if not isinstance(record, dict):
             skipped += 1
-        elif "resumed" in record or "error" in record or "stopped" in record:
+        elif any(key in record for key in EVENT_KEYS):
             events.append(record)
         elif "loss" in record:
             windows.append(record)

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from nocollapse.config import Config
 from nocollapse.data import ImageDataset, load_dataset
@@ -81,7 +82,8 @@ def evaluate_run(
     model = config.model
     rows, projection_rows = [], []
     if e.baselines:
-        rows.append(score("raw pixels", pixel_features(train_set.images).to(device_), pixel_features(test_set.images).to(device_), views.flatten(2)))
+        rows.append(score("raw pixels", pixel_features(train_set.images).to(device_), pixel_features(test_set.images).to(device_),
+                          pixel_views(views, test_set.images.shape[-2:]).flatten(2)))
         # The trained run started from exactly this initialisation: training seeds the RNG, then builds the method.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.run.seed)
@@ -116,6 +118,15 @@ def evaluate_run(
     save_json(run_dir / EVAL_FILE, {"dataset": config.data.dataset, "rows": [row.to_dict() for row in rows],
                                     "projections": [{"name": name, "dim": g.dim, "geometry": g.to_dict()} for name, g in projection_rows]})
     return rows
+
+
+def pixel_views(views: torch.Tensor, side: tuple[int, int]) -> torch.Tensor:
+    """(M, B, C, H, W) ``views`` resized (bilinear, antialiased) to the images' ``side``: raw pixels compare a view
+    with an image only in one space, and ``augment.crop_size`` may differ from the images' side."""
+    if tuple(views.shape[-2:]) == tuple(side):
+        return views
+    resized = F.interpolate(views.flatten(0, 1), size=tuple(side), mode="bilinear", antialias=True, align_corners=False)
+    return resized.view(*views.shape[:3], *side)
 
 
 def save_test_embeddings(path: Path, features: torch.Tensor, test_set: ImageDataset, *, seed: int, samples: int = MAP_SAMPLES) -> None:

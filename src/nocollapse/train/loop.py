@@ -22,12 +22,14 @@ from torch.nn.parallel import DistributedDataParallel
 from nocollapse.augment.views import ViewGenerator
 from nocollapse.config import Config, flatten, set_value, validate
 from nocollapse.data import load_dataset
-from nocollapse.errors import CollapseError, TrainingStopped, UserError
+from nocollapse.errors import CollapseError, NonFiniteStep, TrainingStopped, UserError
+from nocollapse.eval.checks import check_geometry_split
 from nocollapse.eval.features import encoder_features, positive_views, view_features
 from nocollapse.eval.geometry import geometry_scores
 from nocollapse.eval.knn import knn_accuracy
 from nocollapse.methods import build_method
 from nocollapse.train.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint, save_json, save_safetensors
+from nocollapse.train.collapse import CollapseWatch
 from nocollapse.train.distributed import gather_views, init_distributed, mean_over_processes
 from nocollapse.train.optim import build_optimizer, describe_param_groups, split_param_groups
 from nocollapse.train.progress import Progress
@@ -49,6 +51,8 @@ def select_device(name: str, local_rank: int = 0) -> torch.device:
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"run.device={name} but this torch build sees no CUDA device; use run.device=cpu or auto")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError("run.device=mps but this torch build has no MPS device (Apple GPUs only); use run.device=cpu or auto")
     return device
 
 
@@ -148,6 +152,8 @@ class Trainer:
         self.total_steps = self.steps_per_epoch * o.epochs
         self.warmup_steps = round(o.warmup_epochs * self.steps_per_epoch)
         self.step = 0
+        self.skipped_steps = 0  # steps skipped for a non-finite loss or gradient (run.max_skipped_steps)
+        self.collapse_watch = CollapseWatch(config.model.projection_dim)
         self.tensorboard: TensorBoardLog | None = None
         self._last_window: dict[str, Any] | None = None  # the last metric window, all finite: the diagnostic's "before"
         # DDP averages the online networks' gradients over the processes (the EMA target has none).
@@ -172,14 +178,19 @@ class Trainer:
         if batch % processes or batch // processes < 2:
             raise UserError(f"optim.batch_size={batch} (the global batch) must split into equal sub-batches of at least 2 over the "
                             f"{processes} processes; use a multiple of {processes}")
+        # Refused before training rather than at the first monitor or the final evaluation.
+        check_geometry_split(self.test_set.images.flatten(1).float(), self.test_set.labels)
         channels = self.train_set.images.shape[1]
         if self.config.augment.mean and len(self.config.augment.mean) != channels:
-            raise UserError(f"augment.mean has {len(self.config.augment.mean)} values but the images have {channels} channels")
+            raise UserError(f"augment.mean has {len(self.config.augment.mean)} values but the images have {channels} channels: give "
+                            f"augment.mean and augment.std {channels} values each, or clear both (augment.mean= augment.std=) to train unnormalised")
 
     # ---- state -------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         state = {
             "step": self.step,
+            "skipped_steps": self.skipped_steps,
+            "collapse_signals_low": self.collapse_watch.state_dict(),
             "method": self.method.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "config": self.config.to_dict(),
@@ -198,6 +209,9 @@ class Trainer:
         self.method.load_state_dict(state["method"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.step = int(state["step"])
+        # Both absent from the checkpoints of older versions.
+        self.skipped_steps = int(state.get("skipped_steps", 0))
+        self.collapse_watch.load_state_dict(state.get("collapse_signals_low", []))
         torch.set_rng_state(state["torch_rng"].cpu())
         if "cuda_rng" in state and self.device.type == "cuda":
             torch.cuda.set_rng_state(state["cuda_rng"].cpu(), self.device)
@@ -256,10 +270,16 @@ class Trainer:
         """One optimiser step on a uint8 batch: views → loss terms → backward → step → target update.
 
         ``generator`` draws the views; ``noise`` feeds the method's stochastic terms (Brownian kicks).
+        With ``run.max_skipped_steps`` above 0 the loss terms and gradient are checked finite before the
+        update (one device sync); when they are not, :class:`NonFiniteStep` is raised and nothing moved:
+        weights, optimiser state, target and BatchNorm statistics are as before the step.
         """
         lr, tau = self.schedule(self.step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
+        checked = self.config.run.max_skipped_steps > 0
+        # BatchNorm updates its running statistics in the forward pass: a skipped step must take that back.
+        buffers = [b.clone() for b in self.method.buffers()] if checked else []
         views = self.views(images, generator)  # (M, B, C, H, W)
         if self.config.run.channels_last:
             # Lay each (B, C, H, W) view out channels-last, the format the convolutions run fastest in.
@@ -268,14 +288,31 @@ class Trainer:
             terms = self.compute_losses(views, noise)
         self.optimizer.zero_grad(set_to_none=True)
         terms["loss"].backward()
-        # Logged, and checked finite with the losses when the window closes (no sync here): a non-finite
-        # gradient stops the run before the next checkpoint can save what it did to the weights.
+        # Logged, and checked finite with the losses when the window closes (no sync here unless every step is
+        # checked): a non-finite gradient stops the run before the next checkpoint can save what it did to the weights.
         terms["grad_norm"] = torch.nn.utils.get_total_norm([p.grad for p in self.method.parameters() if p.grad is not None])
+        if checked:
+            self._check_finite(terms, buffers)
         self.optimizer.step()
         if hasattr(self.method, "update_target"):
             self.method.update_target(tau)
         self.step += 1
         return terms
+
+    def _check_finite(self, terms: dict[str, Tensor], buffers: list[Tensor]) -> None:
+        """Raise :class:`NonFiniteStep` naming the non-finite terms, after restoring the BatchNorm ``buffers``."""
+        values = torch.stack([value.detach().float() for value in terms.values()])
+        # Under DDP every process must make the same decision: skip when any process saw a non-finite value.
+        finite = mean_over_processes(torch.isfinite(values).all().float())
+        if finite.item() == 1:
+            return
+        self.optimizer.zero_grad(set_to_none=True)
+        for buffer, saved in zip(self.method.buffers(), buffers):
+            buffer.copy_(saved)
+        named = dict(zip(terms, values.tolist()))
+        broken = {name: value for name, value in named.items() if not math.isfinite(value)}
+        finite_terms = {name: value for name, value in named.items() if math.isfinite(value)}
+        raise NonFiniteStep(broken or {"(another process)": math.nan}, finite_terms)
 
     def fit(self) -> Path:
         """Train to ``optim.epochs``, then save ``encoder.pt``; returns the run directory."""
@@ -321,19 +358,19 @@ class Trainer:
                     # process, which all draw it for the same gathered batch.
                     view_seed = (cfg.run.seed, self.step, 1) + ((self.dist.rank,) if self.dist.enabled else ())
                     terms = self.train_step(images, _seeded(view_rng, *view_seed), _seeded(noise_rng, cfg.run.seed, self.step, 2))
-                except CollapseError as error:
-                    self._write_metrics({"step": self.step, "epoch": self._epoch(), "error": str(error)})
-                    raise UserError(f"training stopped at step {self.step}: {error}\nThe last good checkpoint in {self.run_dir} is kept.") from None
-                for name, value in terms.items():
+                except (CollapseError, NonFiniteStep) as error:
+                    self._skip_or_stop(error)
+                    terms = None
+                for name, value in (terms or {}).items():
                     totals[name] = totals.get(name, 0) + value.detach()
-                window_steps += 1
+                window_steps += terms is not None  # trained steps: a skipped step adds no terms
                 epoch_done = self.step % self.steps_per_epoch == 0
                 save_due = epoch_done or (cfg.run.checkpoint_every > 0 and self.step % cfg.run.checkpoint_every == 0)
                 # A window also closes at every checkpoint: its losses are checked finite before the checkpoint is
                 # written, and a run resumed from it logs exactly the windows of an uninterrupted one.
-                if save_due or self.step % cfg.run.log_every == 0 or self.step == self.total_steps:
+                if (save_due or self.step % cfg.run.log_every == 0 or self.step == self.total_steps) and window_steps:
                     record = self._log_window(totals, window_steps, time.perf_counter() - window_start)
-                    progress.update(window_steps, epoch=f"{self._epoch():.2f}", **{k: record[k] for k in ("loss", "lr", "tau", "img/s") if k in record})
+                    progress.update(self.step - progress.count, epoch=f"{self._epoch():.2f}", **{k: record[k] for k in ("loss", "lr", "tau", "img/s") if k in record})
                     totals, window_start, window_steps = {}, time.perf_counter(), 0
                 if save_due:
                     self.save()
@@ -349,6 +386,20 @@ class Trainer:
                     self._write_metrics({"step": self.step, "epoch": self._epoch(), "stopped": stop.requested})
                     raise TrainingStopped(stop.requested, self.step, self.run_dir)
         progress.close()
+
+    def _skip_or_stop(self, error: CollapseError | NonFiniteStep) -> None:
+        """Skip the step that raised ``error`` while ``run.max_skipped_steps`` allows; else stop with the diagnostic."""
+        limit = self.config.run.max_skipped_steps
+        at = self.step + 1  # the faulty step, counted from 1 like the steps of the metric lines
+        if self.skipped_steps >= limit:
+            self._write_metrics({"step": at, "epoch": self._epoch(), "error": str(error)})
+            allowance = (f" after skipping {self.skipped_steps} step(s), the most run.max_skipped_steps={limit} allows" if limit
+                         else "; run.max_skipped_steps=N skips up to N such steps instead")
+            raise UserError(f"training stopped at step {at}: {error}{allowance}.\nThe last good checkpoint in {self.run_dir} is kept.") from None
+        self.skipped_steps += 1
+        self.step = at  # the batch is spent: the schedule, data order and views go on as in a run without the fault
+        self._write_metrics({"step": self.step, "epoch": self._epoch(), "skipped": str(error), "skipped_steps": self.skipped_steps})
+        self.log(f"\nwarning: skipped step {self.step} ({self.skipped_steps} of run.max_skipped_steps={limit}): {error}")
 
     def _epoch(self) -> float:
         """Epochs completed, fractional: the x-axis every metric line shares."""
@@ -372,7 +423,14 @@ class Trainer:
                             f"optim.warmup_epochs. The last good checkpoint in {self.run_dir} is kept.")
         self._write_metrics(record)
         self._last_window = record
+        if "embedding_std" in values:
+            self._warn(self.collapse_watch.check_batch_std(values["embedding_std"]))
         return record
+
+    def _warn(self, warnings: list[str]) -> None:
+        for warning in warnings:
+            self._write_metrics({"step": self.step, "epoch": self._epoch(), "warning": warning})
+            self.log(f"\nwarning at step {self.step}: {warning}")
 
     def _monitor(self) -> None:
         """kNN top-1 (k = the smallest of eval.knn_k) on the test split from a fixed subset of the training set,
@@ -405,3 +463,4 @@ class Trainer:
                              "geometry": {name: g.to_dict(spectrum=False) for name, g in geometry.items()}})
         self.log(f"\nepoch {self._epoch():g}: kNN top-1 (k={k}, {bank} train images) {100 * accuracy:.2f}%")
         self.log(f"  geometry: features {geometry['features'].summary()} | projections {geometry['projections'].summary()}")
+        self._warn(self.collapse_watch.check_geometry(geometry))
