@@ -71,3 +71,32 @@ def test_a_collapsing_run_warns_in_the_log_the_metrics_and_the_report(tiny_data,
     records = [json.loads(line) for line in (tmp_path / "spread" / "metrics.jsonl").read_text().splitlines()]
     assert not any("online projections" in r.get("warning", "") for r in records)
     assert min(r["embedding_std"] * math.sqrt(16) for r in records if "embedding_std" in r) > 0.5
+
+
+def test_a_run_resumed_after_a_warning_warns_exactly_where_the_uninterrupted_run_does(tiny_data, tmp_path, capsys, monkeypatch):
+    import os
+    import signal
+
+    from nocollapse.train.loop import Trainer
+
+    straight = tiny_sfrik(tiny_data, tmp_path, "straight", "--no-report", "optim.epochs=3")
+    assert main(straight) == 0
+    real_step = Trainer.train_step
+
+    def sigterm_in_the_last_step_of_epoch_1(self, images, *generators):
+        if self.step == 3:  # stops at the end of epoch 1: after the monitor's RankMe warnings and the checkpoint
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_step(self, images, *generators)
+
+    monkeypatch.setattr(Trainer, "train_step", sigterm_in_the_last_step_of_epoch_1)
+    stopped = tiny_sfrik(tiny_data, tmp_path, "resumed", "--no-report", "optim.epochs=3")
+    assert main(stopped) == 143
+    monkeypatch.setattr(Trainer, "train_step", real_step)
+    assert main([*stopped, "--resume"]) == 0
+
+    def warnings(run):
+        lines = [json.loads(line) for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+        return [(r["step"], r["warning"]) for r in lines if "warning" in r]
+
+    assert any("RankMe" in w for _, w in warnings("straight")), "the run must warn from the monitor for this to test anything"
+    assert warnings("resumed") == warnings("straight")

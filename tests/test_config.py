@@ -101,7 +101,7 @@ def test_every_key_refuses_a_bad_value_naming_the_key_and_the_value(key):
     ("optim.lr=inf", "optim.lr=inf: must be a finite number > 0"),
     ("regularizers.uniformity_t=inf", "regularizers.uniformity_t=inf: must be a finite number > 0"),
     ("augment.crop_ratio=0.5,inf", "augment.crop_ratio=0.5,inf: must be two finite numbers"),
-    ("augment.mean=inf", "augment.mean=inf: must be comma-separated finite numbers"),
+    ("augment.mean=inf", "augment.mean=inf: must be comma-separated values, each a finite number"),
     ("method.sfrik.kernel_weights=1,inf", "method.sfrik.kernel_weights=1.0,inf: must be one or more"),
     ("optim.lr_decay_at=0.5,nan", "optim.lr_decay_at=0.5,nan: must be comma-separated values, each a finite number in (0, 1]"),
     # Sections the chosen method does not read are checked too: a typo there is still a mistake.
@@ -122,7 +122,7 @@ def test_every_key_refuses_a_bad_value_naming_the_key_and_the_value(key):
     ("eval.knn_k=5,0", "eval.knn_k=5,0: must be one or more"),
     ("eval.knn_k=5,x", "eval.knn_k='5,x': must be comma-separated values, each an integer"),
     ("model.widths=8,0", "model.widths=8,0: must be one or more comma-separated values, each an integer >= 1"),
-    ("augment.blur_prob=", "augment.blur_prob='': must be one or more comma-separated probabilities"),
+    ("augment.blur_prob=", "augment.blur_prob='': must be one or more comma-separated values, each a finite number in [0, 1]"),
     # Names and paths.
     ("run.name=..", "run.name='..': must be empty (the default"),
     ("run.name=a\\b", "run.name='a\\\\b': must be empty"),

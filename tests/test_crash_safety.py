@@ -182,10 +182,24 @@ def poison(steps):
     return step
 
 
-def test_a_skipped_step_moves_nothing(tiny_data, tmp_path):
+def failing_loss(trainer):
+    """``trainer.compute_losses`` that runs the forward pass (BatchNorm statistics move) and then fails, as W-MSE's whitening can."""
+    from nocollapse.errors import CollapseError
+
+    real_losses = trainer.compute_losses
+
+    def fail(views, noise):
+        real_losses(views, noise)
+        raise CollapseError("whitening failed")
+
+    return fail
+
+
+@pytest.mark.parametrize("fault", ["non-finite gradient", "failed loss"])
+def test_a_skipped_step_moves_nothing(tiny_data, tmp_path, fault):
     """Weights, optimiser state, EMA target and BatchNorm statistics are exactly as before a skipped step."""
     from nocollapse.config import resolve_config
-    from nocollapse.errors import NonFiniteStep
+    from nocollapse.errors import CollapseError, NonFiniteStep
 
     config = resolve_config("fmnist", [*TINY_RUN, f"data.data_dir={tiny_data}", f"run.out_dir={tmp_path}", "run.device=cpu", "run.max_skipped_steps=1"])
     trainer = Trainer(config, progress=False, log=lambda *_: None)
@@ -194,9 +208,14 @@ def test_a_skipped_step_moves_nothing(tiny_data, tmp_path):
     method_before = {k: v.clone() for k, v in trainer.method.state_dict().items()}
     momentum_before = [s["momentum_buffer"].clone() for s in trainer.optimizer.state.values() if "momentum_buffer" in s]
     assert momentum_before and any(k.endswith("running_mean") for k in method_before)
-    with pytest.raises(NonFiniteStep) as error:
-        poison({1})(trainer, images, torch.Generator().manual_seed(1))
-    assert "non-finite grad_norm (nan)" in str(error.value) and "finite: loss" in str(error.value)
+    if fault == "failed loss":
+        trainer.compute_losses = failing_loss(trainer)
+        with pytest.raises(CollapseError, match="whitening failed"):
+            trainer.train_step(images, torch.Generator().manual_seed(1))
+    else:
+        with pytest.raises(NonFiniteStep) as error:
+            poison({1})(trainer, images, torch.Generator().manual_seed(1))
+        assert "non-finite grad_norm (nan)" in str(error.value) and "finite: loss" in str(error.value)
     assert trainer.step == 1  # the loop, not the step, decides what a skipped step counts for
     assert_same_weights(trainer.method.state_dict(), method_before)  # also the BatchNorm running statistics and the target
     momentum_after = [s["momentum_buffer"] for s in trainer.optimizer.state.values() if "momentum_buffer" in s]
@@ -225,6 +244,28 @@ def test_non_finite_steps_are_skipped_up_to_the_bound_then_stop_the_run(tiny_dat
     assert "training stopped at step 8: non-finite grad_norm" in err and "after skipping 1 step(s), the most run.max_skipped_steps=1 allows" in err
     checkpoint = torch.load(tmp_path / "two" / "checkpoint.pt", weights_only=True)
     assert checkpoint["step"] == 7 and all(torch.isfinite(v).all() for v in checkpoint["method"].values() if v.is_floating_point())
+
+    monkeypatch.setattr(Trainer, "train_step", poison({5, 6}))
+    assert main(train_args(tiny_data, tmp_path, "diverged", *short, "run.max_skipped_steps=5")) == 2
+    assert "training stopped at step 7" in (err := capsys.readouterr().err) and "two faults in a row are diverged weights" in err
+
+
+def test_weights_that_overflow_are_never_checkpointed(tiny_data, tmp_path, capsys, monkeypatch):
+    """Finite losses and gradients can still give an update that overflows: the checkpoint after it is refused."""
+    real_step = Trainer.train_step
+
+    def overflow_at_step_3(self, images, *generators):
+        terms = real_step(self, images, *generators)
+        if self.step == 3:
+            with torch.no_grad():
+                next(self.method.encoder.parameters()).mul_(float("inf"))
+        return terms
+
+    monkeypatch.setattr(Trainer, "train_step", overflow_at_step_3)
+    assert main(train_args(tiny_data, tmp_path, "overflow")) == 2
+    err = capsys.readouterr().err
+    assert "the weights are no longer finite after step 3" in err and "Traceback" not in err
+    assert torch.load(tmp_path / "overflow" / "checkpoint.pt", weights_only=True)["step"] == 2
 
 
 @pytest.fixture

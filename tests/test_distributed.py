@@ -147,19 +147,22 @@ def test_a_two_process_run_checkpoints_and_resumes_to_the_uninterrupted_weights(
 
 
 def skip_worker(rank: int, port: int, overrides: list[str]) -> None:
+    from nocollapse.errors import CollapseError
     from nocollapse.train.loop import Trainer
 
     join_group(rank, port)
     trainer = Trainer(resolve_config("fmnist", overrides), progress=False, log=lambda *_: None)
     real_losses = trainer.compute_losses
 
-    def non_finite_on_rank_1_at_step_3(views, noise):
+    def faults_on_rank_1(views, noise):
         terms = real_losses(views, noise)
         if rank == 1 and trainer.step == 3:  # a value outside the gradient: only this process can see it
             terms["embedding_std"] = terms["embedding_std"] * float("nan")
+        if rank == 1 and trainer.step == 5:  # a loss that fails here alone (W-MSE whitening of per-process batches can)
+            raise CollapseError("whitening failed")
         return terms
 
-    trainer.compute_losses = non_finite_on_rank_1_at_step_3
+    trainer.compute_losses = faults_on_rank_1
     trainer.fit()
     # Parameters only: BatchNorm statistics differ between processes on CPU anyway (no SyncBatchNorm there).
     weights = {name: p.detach() for name, p in trainer.method.named_parameters()}
@@ -167,18 +170,21 @@ def skip_worker(rank: int, port: int, overrides: list[str]) -> None:
     dist.destroy_process_group()
 
 
-def test_a_step_is_skipped_by_every_process_when_one_of_them_sees_a_non_finite_value(tmp_path):
+def test_a_step_is_skipped_by_every_process_when_one_of_them_sees_a_fault(tmp_path):
+    """A non-finite value or a failed loss in one process: every process skips the step, none waits forever
+    in an all-reduce the others never join, and the replicas stay identical."""
     data = write_tiny_fashion_mnist(tmp_path / "data")
-    overrides = [*TINY_RUN, f"data.data_dir={data}", f"run.out_dir={tmp_path}", "run.device=cpu", "run.name=skip", "run.max_skipped_steps=1",
+    overrides = [*TINY_RUN, f"data.data_dir={data}", f"run.out_dir={tmp_path}", "run.device=cpu", "run.name=skip", "run.max_skipped_steps=2",
                  "eval.monitor_every=0"]
     mp.spawn(skip_worker, args=(free_port(), overrides), nprocs=WORLD)
     ends = [torch.load(tmp_path / "skip" / f"end-rank{rank}.pt", weights_only=True) for rank in range(WORLD)]
-    assert [end["skipped"] for end in ends] == [1, 1]
+    assert [end["skipped"] for end in ends] == [2, 2]
     assert any(key.startswith("target.") for key in ends[0]["weights"])
     for key, value in ends[0]["weights"].items():  # had one process stepped, the replicas would have drifted apart
         torch.testing.assert_close(ends[1]["weights"][key], value, rtol=0, atol=0, msg=key)
     skipped = [json.loads(line) for line in (tmp_path / "skip" / "metrics.jsonl").read_text().splitlines() if '"skipped"' in line]
-    assert len(skipped) == 1 and skipped[0]["step"] == 4 and "another process" in skipped[0]["skipped"]
+    assert [s["step"] for s in skipped] == [4, 6] and "(another process)" in skipped[0]["skipped"]
+    assert "the loss failed in another process" in skipped[1]["skipped"]
 
 
 @pytest.mark.parametrize("method", [

@@ -11,17 +11,16 @@ import dataclasses
 import difflib
 import functools
 import json
-import math
 import re
 import types
 import typing
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from nocollapse.augment.views import AugmentConfig
 from nocollapse.errors import UserError
 from nocollapse.losses.whitening import check_whitening_shapes
+from nocollapse.rules import BOOL, Rule, first_violation, integer, one_of, real, shown, tuple_of
 
 
 @dataclass
@@ -344,49 +343,9 @@ def unknown_key_message(key: str) -> str:
 
 
 # ---- validation -------------------------------------------------------------------------------------
-# One rule per key: (check, what is allowed). A failing value gives the message "KEY=VALUE: must be
-# ALLOWED". The augment.* rules live in AugmentConfig.validate, beside the code that reads them, so the
-# augmentation layer checks its own config when used without this module. Relations between keys
+# One rule per key (nocollapse.rules): a failing value gives the message "KEY=VALUE: must be ALLOWED".
+# The augment.* rules live beside AugmentConfig, which checks its own fields when used without this module. Relations between keys
 # (warm-up within the epochs, W-MSE's sub-batches) are checked after every key passed its own rule.
-Rule = tuple[Callable[[Any], bool], str]
-
-
-def _bounds(low: float, high: float | None, low_open: bool, high_open: bool) -> tuple[Callable[[Any], bool], str]:
-    """The check and text of an interval from ``low`` to ``high`` (None: unbounded); an open end is excluded."""
-    def check(value: Any) -> bool:
-        above = value > low if low_open else value >= low
-        below = high is None or (value < high if high_open else value <= high)
-        return above and below
-
-    if high is None:
-        return check, f"{'>' if low_open else '>='} {low}"
-    return check, f"in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
-
-
-def real(low: float, high: float | None = None, *, low_open: bool = False, high_open: bool = False, note: str = "") -> Rule:
-    """A finite number within the bounds: every comparison with nan is false, but inf passes ``> 0``."""
-    within, text = _bounds(low, high, low_open, high_open)
-    return (lambda v: isinstance(v, (int, float)) and math.isfinite(v) and within(v)), f"a finite number {text}{note}"
-
-
-def integer(low: int, high: int | None = None, *, note: str = "") -> Rule:
-    """An int (not a bool) in [low, high]."""
-    within, text = _bounds(low, high, False, False)
-    return (lambda v: isinstance(v, int) and not isinstance(v, bool) and within(v)), f"an integer {text}{note}"
-
-
-def tuple_of(rule: Rule, *, least: int = 0, note: str = "") -> Rule:
-    """A tuple of at least ``least`` items, each passing ``rule``."""
-    check, text = rule
-    count = "one or more comma-separated values" if least == 1 else "comma-separated values"
-    return (lambda v: isinstance(v, tuple) and len(v) >= least and all(check(x) for x in v)), f"{count}, each {text}{note}"
-
-
-def one_of(*choices: Any) -> Rule:
-    """One of ``choices``, compared after parsing (``regularizers.mhe_power`` is an int)."""
-    return (lambda v: v in choices), "one of: " + ", ".join(str(c) for c in choices)
-
-
 # The keys that name one of a few choices.
 CHOICES: dict[str, tuple[Any, ...]] = {
     "data.dataset": ("fashion-mnist", "cifar10", "cifar100", "image-folder"),
@@ -403,7 +362,6 @@ CHOICES: dict[str, tuple[Any, ...]] = {
 }
 
 
-BOOL: Rule = (lambda v: isinstance(v, bool), "true or false")
 WEIGHT = real(0, note=" (a loss weight; 0: off)")
 _NON_NEGATIVE = tuple_of(real(0), least=1)[0]
 # b_ℓ < 0 makes φ = Σ b_ℓ P_ℓ an indefinite kernel, and all zeros no kernel at all.
@@ -495,29 +453,12 @@ RULES: dict[str, Rule] = {
 }
 
 
-def shown(value: Any) -> str:
-    """A value as written on the command line: tuples comma-separated, strings quoted (to show blanks)."""
-    if isinstance(value, tuple):
-        return ",".join(str(v) for v in value) or "''"
-    if value is None:
-        return "none"
-    return repr(value) if isinstance(value, str) else str(value)
-
-
-def _passes(check: Callable[[Any], bool], value: Any) -> bool:
-    try:
-        return bool(check(value))
-    except TypeError:  # a value of the wrong type, set in code rather than parsed
-        return False
-
-
 def validate(config: Config) -> None:
     """Check every value, in every section (also those the chosen method does not read: a typo there is
     still a mistake); raise UserError ``KEY=VALUE: must be ALLOWED`` at the first one that is off."""
-    flat = flatten(config.to_dict())
-    for key, value in flat.items():
-        if key in RULES and not _passes(RULES[key][0], value):
-            raise UserError(f"{key}={shown(value)}: must be {RULES[key][1]}")
+    violation = first_violation(flatten(config.to_dict()), RULES)
+    if violation:
+        raise UserError(violation)
     try:
         config.augment.validate()
     except ValueError as error:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import math
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
 from nocollapse.augment import ops
+from nocollapse.rules import FINITE, Rule, first_violation, integer, optional, ordered_pair, real, shown, tuple_of
 
 
 @dataclass
@@ -36,47 +37,34 @@ class AugmentConfig:
     std: tuple[float, ...] = field(default_factory=tuple)  # per-channel standard deviation, paired with mean
 
     def validate(self) -> None:
-        """Raise ValueError ``augment.KEY=VALUE: must be ALLOWED`` for the first field out of range.
-
-        Every float must be finite: nan fails every comparison, but inf would pass ``0 < min <= max``."""
-        def fail(name: str, allowed: str) -> None:
-            value = getattr(self, name)
-            text = (",".join(str(v) for v in value) or "''") if isinstance(value, tuple) else str(value)
-            raise ValueError(f"augment.{name}={text}: must be {allowed}")
-
-        def numbers(values: object, length: int | None = None) -> bool:
-            """A tuple of finite numbers (of ``length`` items when given, else at least one)."""
-            return (isinstance(values, tuple) and (len(values) == length if length else len(values) > 0)
-                    and all(isinstance(v, (int, float)) and math.isfinite(v) for v in values))
-
-        def integer(value: object) -> bool:
-            return isinstance(value, int) and not isinstance(value, bool)
-
-        if not (integer(self.num_views) and self.num_views >= 2):
-            fail("num_views", "an integer >= 2 (a method compares views)")
-        if not (self.crop_size is None or (integer(self.crop_size) and self.crop_size >= 4)):
-            fail("crop_size", "an integer >= 4 (pixels), or none for the dataset's image side")
-        if not (numbers(self.crop_scale, 2) and 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1):
-            fail("crop_scale", "two finite numbers min,max with 0 < min <= max <= 1 (crop area as a fraction of the image)")
-        for name in ("crop_ratio", "blur_sigma"):
-            pair = getattr(self, name)
-            if not (numbers(pair, 2) and 0 < pair[0] <= pair[1]):
-                fail(name, "two finite numbers min,max with 0 < min <= max")
-        ranges = {"flip_prob": (0, 1, False), "jitter_prob": (0, 1, False), "grayscale_prob": (0, 1, False), "brightness": (0, 1, False),
-                  "contrast": (0, 1, False), "saturation": (0, 1, False), "hue": (0, 0.5, False), "blur_kernel_fraction": (0, 1, True)}
-        for name, (low, high, low_open) in ranges.items():
-            value = getattr(self, name)
-            if not (numbers((value,)) and (low < value if low_open else low <= value) and value <= high):
-                fail(name, f"a finite number in {'(' if low_open else '['}{low}, {high}]")
-        for name in ("blur_prob", "solarize_prob"):
-            if not (numbers(getattr(self, name)) and all(0 <= p <= 1 for p in getattr(self, name))):
-                fail(name, "one or more comma-separated probabilities in [0, 1] (view m uses value m modulo their number)")
-        if not (self.mean == () or numbers(self.mean)):
-            fail("mean", "comma-separated finite numbers, one per channel (none: no normalisation)")
-        if not (self.std == () or numbers(self.std)) or not all(s > 0 for s in self.std):
-            fail("std", "comma-separated finite numbers > 0, one per channel")
+        """Raise ValueError ``augment.KEY=VALUE: must be ALLOWED`` for the first field out of range (:data:`AUGMENT_RULES`)."""
+        violation = first_violation(dataclasses.asdict(self), AUGMENT_RULES, prefix="augment.")
+        if violation:
+            raise ValueError(violation)
         if len(self.mean) != len(self.std):
-            fail("std", f"as many values as augment.mean ({len(self.mean)}), one per channel")
+            raise ValueError(f"augment.std={shown(self.std)}: must be as many values as augment.mean ({len(self.mean)}), one per channel")
+
+
+PROBABILITY = real(0, 1)
+AUGMENT_RULES: dict[str, Rule] = {
+    "num_views": integer(2, note=" (a method compares views)"),
+    "crop_size": optional(integer(4, note=" (pixels)"), "the dataset's image side"),
+    "crop_scale": ordered_pair(0, 1, note=" (crop area as a fraction of the image)"),
+    "crop_ratio": ordered_pair(0),
+    "flip_prob": PROBABILITY,
+    "jitter_prob": PROBABILITY,
+    "brightness": PROBABILITY,
+    "contrast": PROBABILITY,
+    "saturation": PROBABILITY,
+    "hue": real(0, 0.5),
+    "grayscale_prob": PROBABILITY,
+    "blur_prob": tuple_of(PROBABILITY, least=1, note=" (view m uses value m modulo their number)"),
+    "blur_sigma": ordered_pair(0),
+    "blur_kernel_fraction": real(0, 1, low_open=True),
+    "solarize_prob": tuple_of(PROBABILITY, least=1, note=" (view m uses value m modulo their number)"),
+    "mean": tuple_of(FINITE, note=", one per channel (none: no normalisation)"),
+    "std": tuple_of(real(0, low_open=True), note=", one per channel"),
+}
 
 
 def per_view(values: tuple[float, ...], num_views: int, batch: int, device: torch.device) -> Tensor:

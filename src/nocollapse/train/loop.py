@@ -153,6 +153,7 @@ class Trainer:
         self.warmup_steps = round(o.warmup_epochs * self.steps_per_epoch)
         self.step = 0
         self.skipped_steps = 0  # steps skipped for a non-finite loss or gradient (run.max_skipped_steps)
+        self.last_skipped_step = -1
         self.collapse_watch = CollapseWatch(config.model.projection_dim)
         self.tensorboard: TensorBoardLog | None = None
         self._last_window: dict[str, Any] | None = None  # the last metric window, all finite: the diagnostic's "before"
@@ -179,7 +180,7 @@ class Trainer:
             raise UserError(f"optim.batch_size={batch} (the global batch) must split into equal sub-batches of at least 2 over the "
                             f"{processes} processes; use a multiple of {processes}")
         # Refused before training rather than at the first monitor or the final evaluation.
-        check_geometry_split(self.test_set.images.flatten(1).float(), self.test_set.labels)
+        check_geometry_split(torch.zeros(len(self.test_set), 1), self.test_set.labels)  # only the labels matter here
         channels = self.train_set.images.shape[1]
         if self.config.augment.mean and len(self.config.augment.mean) != channels:
             raise UserError(f"augment.mean has {len(self.config.augment.mean)} values but the images have {channels} channels: give "
@@ -190,6 +191,7 @@ class Trainer:
         state = {
             "step": self.step,
             "skipped_steps": self.skipped_steps,
+            "last_skipped_step": self.last_skipped_step,
             "collapse_signals_low": self.collapse_watch.state_dict(),
             "method": self.method.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -209,8 +211,9 @@ class Trainer:
         self.method.load_state_dict(state["method"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.step = int(state["step"])
-        # Both absent from the checkpoints of older versions.
+        # Absent from the checkpoints of older versions.
         self.skipped_steps = int(state.get("skipped_steps", 0))
+        self.last_skipped_step = int(state.get("last_skipped_step", -1))
         self.collapse_watch.load_state_dict(state.get("collapse_signals_low", []))
         torch.set_rng_state(state["torch_rng"].cpu())
         if "cuda_rng" in state and self.device.type == "cuda":
@@ -240,6 +243,14 @@ class Trainer:
         atomic_write_bytes(path, lambda file: file.write("".join(line + "\n" for line in kept).encode()))
 
     def save(self) -> None:
+        """Write the checkpoint, once the weights are known finite: a step with finite losses and gradients can
+        still make them overflow, and a checkpoint must never hold what cannot be resumed."""
+        # Every process checks (their weights are identical), so all of them stop together.
+        finite = torch.stack([torch.isfinite(p).all() for p in self.method.parameters()]).all()
+        if not finite.item():
+            self._write_metrics({"step": self.step, "epoch": self._epoch(), "error": "non-finite weights"})
+            raise UserError(f"the weights are no longer finite after step {self.step}, though the losses and gradients were: the "
+                            f"update overflowed. Lower optim.lr. The last good checkpoint in {self.run_dir} is kept.")
         if self.dist.is_main:  # every process holds the same weights: DDP keeps them in step
             save_checkpoint(self.run_dir / CHECKPOINT, self.state_dict())
 
@@ -271,8 +282,9 @@ class Trainer:
 
         ``generator`` draws the views; ``noise`` feeds the method's stochastic terms (Brownian kicks).
         With ``run.max_skipped_steps`` above 0 the loss terms and gradient are checked finite before the
-        update (one device sync); when they are not, :class:`NonFiniteStep` is raised and nothing moved:
-        weights, optimiser state, target and BatchNorm statistics are as before the step.
+        update (one device sync), and a failed loss (:class:`CollapseError`, e.g. W-MSE's whitening) is caught;
+        either is raised with nothing moved: weights, optimiser state, target and BatchNorm statistics are as
+        before the step. Under DDP the processes agree, so that all of them skip the same steps.
         """
         lr, tau = self.schedule(self.step)
         for group in self.optimizer.param_groups:
@@ -284,8 +296,16 @@ class Trainer:
         if self.config.run.channels_last:
             # Lay each (B, C, H, W) view out channels-last, the format the convolutions run fastest in.
             views = views.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda" and self.config.run.amp):
-            terms = self.compute_losses(views, noise)
+        failure: CollapseError | None = None
+        try:
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda" and self.config.run.amp):
+                terms = self.compute_losses(views, noise)
+        except CollapseError as error:
+            if not checked:
+                raise
+            failure = error
+        if checked:
+            self._skip_if_failed_anywhere(failure, buffers)
         self.optimizer.zero_grad(set_to_none=True)
         terms["loss"].backward()
         # Logged, and checked finite with the losses when the window closes (no sync here unless every step is
@@ -299,6 +319,17 @@ class Trainer:
         self.step += 1
         return terms
 
+    def _skip_if_failed_anywhere(self, failure: CollapseError | None, buffers: list[Tensor]) -> None:
+        """Raise ``failure`` (or a CollapseError for another process's), after restoring the BatchNorm ``buffers``,
+        when the loss failed in this process or, under DDP, in any other: before backward, whose all-reduce a
+        process that skipped would never join."""
+        failed = failure is not None
+        if self.dist.enabled:
+            failed = mean_over_processes(torch.tensor(float(failed), device=self.device)).item() > 0
+        if failed:
+            self._undo_forward(buffers)
+            raise failure or CollapseError("the loss failed in another process")
+
     def _check_finite(self, terms: dict[str, Tensor], buffers: list[Tensor]) -> None:
         """Raise :class:`NonFiniteStep` naming the non-finite terms, after restoring the BatchNorm ``buffers``."""
         values = torch.stack([value.detach().float() for value in terms.values()])
@@ -306,13 +337,17 @@ class Trainer:
         finite = mean_over_processes(torch.isfinite(values).all().float())
         if finite.item() == 1:
             return
-        self.optimizer.zero_grad(set_to_none=True)
-        for buffer, saved in zip(self.method.buffers(), buffers):
-            buffer.copy_(saved)
+        self._undo_forward(buffers)
         named = dict(zip(terms, values.tolist()))
         broken = {name: value for name, value in named.items() if not math.isfinite(value)}
         finite_terms = {name: value for name, value in named.items() if math.isfinite(value)}
         raise NonFiniteStep(broken or {"(another process)": math.nan}, finite_terms)
+
+    def _undo_forward(self, buffers: list[Tensor]) -> None:
+        """Drop the gradients and put back the BatchNorm statistics saved before the forward pass."""
+        self.optimizer.zero_grad(set_to_none=True)
+        for buffer, saved in zip(self.method.buffers(), buffers):
+            buffer.copy_(saved)
 
     def fit(self) -> Path:
         """Train to ``optim.epochs``, then save ``encoder.pt``; returns the run directory."""
@@ -372,12 +407,14 @@ class Trainer:
                     record = self._log_window(totals, window_steps, time.perf_counter() - window_start)
                     progress.update(self.step - progress.count, epoch=f"{self._epoch():.2f}", **{k: record[k] for k in ("loss", "lr", "tau", "img/s") if k in record})
                     totals, window_start, window_steps = {}, time.perf_counter(), 0
-                if save_due:
-                    self.save()
                 finished_epoch = self.step // self.steps_per_epoch
+                # The monitor comes before the checkpoint, which then holds the collapse watch's state after it: a run
+                # resumed from it neither repeats nor misses the monitor's line and warnings.
                 if self.dist.is_main and epoch_done and cfg.eval.monitor_every and (finished_epoch % cfg.eval.monitor_every == 0 or self.step == self.total_steps):
                     self._monitor()
                     window_start = time.perf_counter()  # img/s counts training, not the monitor
+                if save_due:
+                    self.save()
                 if stop.requested:
                     if not save_due:  # not saved at this step yet
                         if window_steps:  # close the window: its losses are checked finite before the checkpoint
@@ -385,18 +422,26 @@ class Trainer:
                         self.save()
                     self._write_metrics({"step": self.step, "epoch": self._epoch(), "stopped": stop.requested})
                     raise TrainingStopped(stop.requested, self.step, self.run_dir)
+        progress.update(self.step - progress.count)  # the last steps were skipped: no window closed to count them
         progress.close()
 
     def _skip_or_stop(self, error: CollapseError | NonFiniteStep) -> None:
         """Skip the step that raised ``error`` while ``run.max_skipped_steps`` allows; else stop with the diagnostic."""
         limit = self.config.run.max_skipped_steps
         at = self.step + 1  # the faulty step, counted from 1 like the steps of the metric lines
-        if self.skipped_steps >= limit:
-            self._write_metrics({"step": at, "epoch": self._epoch(), "error": str(error)})
-            allowance = (f" after skipping {self.skipped_steps} step(s), the most run.max_skipped_steps={limit} allows" if limit
-                         else "; run.max_skipped_steps=N skips up to N such steps instead")
-            raise UserError(f"training stopped at step {at}: {error}{allowance}.\nThe last good checkpoint in {self.run_dir} is kept.") from None
+        # One bad batch is skipped; a fault right after a skip means the weights themselves have diverged.
+        diverged = limit > 0 and self.last_skipped_step == at - 1
+        if self.skipped_steps >= limit or diverged:
+            self._write_metrics({"step": at, "epoch": round(at / self.steps_per_epoch, 4), "error": str(error)})
+            if diverged:
+                why = f"; step {at - 1} was skipped too: two faults in a row are diverged weights, which skipping cannot mend"
+            elif limit:
+                why = f" after skipping {self.skipped_steps} step(s), the most run.max_skipped_steps={limit} allows"
+            else:
+                why = "; run.max_skipped_steps=N skips up to N such steps instead"
+            raise UserError(f"training stopped at step {at}: {error}{why}.\nThe last good checkpoint in {self.run_dir} is kept.") from None
         self.skipped_steps += 1
+        self.last_skipped_step = at
         self.step = at  # the batch is spent: the schedule, data order and views go on as in a run without the fault
         self._write_metrics({"step": self.step, "epoch": self._epoch(), "skipped": str(error), "skipped_steps": self.skipped_steps})
         self.log(f"\nwarning: skipped step {self.step} ({self.skipped_steps} of run.max_skipped_steps={limit}): {error}")
@@ -420,7 +465,8 @@ class Trainer:
             last = self._last_window
             before = f"; the last finite window (step {last['step']}): " + ", ".join(f"{k} {last[k]:.4g}" for k in values if k in last) if last else ""
             raise UserError(f"non-finite {', '.join(broken)} in the steps up to {self.step}{before}. Lower optim.lr or lengthen "
-                            f"optim.warmup_epochs. The last good checkpoint in {self.run_dir} is kept.")
+                            f"optim.warmup_epochs, or let run.max_skipped_steps=N skip up to N bad steps. "
+                            f"The last good checkpoint in {self.run_dir} is kept.")
         self._write_metrics(record)
         self._last_window = record
         if "embedding_std" in values:
