@@ -1,0 +1,147 @@
+"""Throughput of a full training step against the bare forward + backward of the same networks.
+
+For each method preset and backbone, the real Trainer runs ``train_step`` on uint8 batches already on the
+device: views drawn by the batched augmentation, the method's networks, its losses and regularizers,
+backward, the optimiser, the EMA target update and the step's bookkeeping. The bare pass runs the same
+networks (online branches, predictor and target where the method has them) on views made beforehand,
+with a trivial loss, backward and nothing else. Their ratio is what augmentation, losses, optimiser, EMA
+and bookkeeping add to the unavoidable network work.
+
+Images/s counts source images (each gives ``augment.num_views`` views through every network). Peak
+memory is the CUDA allocator's high-water mark of the full step (on CPU it is not measured).
+
+    python benchmarks/throughput.py                              # CPU: the Fashion-MNIST presets, ConvNet
+    python benchmarks/throughput.py --device cuda --resnet-batch 512 --steps 50
+"""
+
+from __future__ import annotations
+
+import argparse
+import pickle
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from nocollapse.config import resolve_config
+from nocollapse.train.loop import Trainer
+
+# (label, preset, overrides); ResNet-18 rows read a synthetic CIFAR-10 written by this script (32×32 RGB).
+CONVNET_CASES = [
+    ("BYOL, ConvNet (fmnist)", "fmnist", []),
+    ("W-MSE 2, ConvNet (fmnist-wmse2)", "fmnist-wmse2", []),
+    ("MSBReg 4 views, ConvNet (fmnist-msbreg)", "fmnist-msbreg", []),
+    ("SFRIK q=2048, ConvNet (fmnist-sfrik)", "fmnist-sfrik", []),
+]
+RESNET_CASES = [("BYOL, ResNet-18 32×32 (cifar10)", "cifar10", [])]
+
+
+def write_synthetic_cifar10(root: Path, images: int) -> Path:
+    """CIFAR-10's python-version files holding random images: speed does not depend on the pixels."""
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    per_batch = max(1, images // 5)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {"data": rng.integers(0, 256, size=(per_batch, 3072), dtype=np.uint8), "labels": rng.integers(0, 10, size=per_batch).tolist()}
+        (folder / name).write_bytes(pickle.dumps(batch, protocol=4))
+    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": [f"class{i}" for i in range(10)]}, protocol=4))
+    return root
+
+
+def bare_pass(method: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The method's networks on (M, B, C, H, W) views, without its losses: what a step cannot do without."""
+    if hasattr(method, "branches"):  # BYOL, MSBReg: online projector + predictor, and the target
+        return lambda views: method.branches(views)[1]
+    return lambda views: torch.stack([method.embed(view) for view in views])
+
+
+def timed(runs: list[Callable[[], object]], steps: int, device: torch.device) -> list[float]:
+    """Median seconds of each of ``runs`` over ``steps`` calls, after two warm-up calls. The runs take turns
+    call by call, so a slow spell of a shared machine slows all of them alike."""
+    for _ in range(2):
+        for run in runs:
+            run()
+    times: list[list[float]] = [[] for _ in runs]
+    for _ in range(steps):
+        for run, spent in zip(runs, times):
+            _sync(device)
+            started = time.perf_counter()
+            run()
+            _sync(device)
+            spent.append(time.perf_counter() - started)
+    return [statistics.median(spent) for spent in times]
+
+
+def measure(label: str, preset: str, overrides: list[str], args: argparse.Namespace, out: str) -> dict[str, object]:
+    config = resolve_config(preset, [*overrides, f"run.device={args.device}", f"run.out_dir={out}", f"run.name={abs(hash(label))}",
+                                     "eval.monitor_every=0", f"run.compile={str(args.compile).lower()}"])
+    trainer = Trainer(config, progress=False, log=lambda *_: None)
+    batch = config.optim.batch_size
+    images = trainer.train_images[:batch]
+    generator = torch.Generator(device=trainer.device)
+    full_step = lambda: trainer.train_step(images, generator.manual_seed(0), generator)  # noqa: E731
+    if trainer.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(trainer.device)
+        full_step()
+        peak = f"{torch.cuda.max_memory_allocated(trainer.device) / 2**30:.2f} GiB"
+    else:
+        peak = "–"
+
+    views = trainer.views(images, generator.manual_seed(0))
+    if config.run.channels_last:
+        views = views.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
+    networks = bare_pass(trainer.method)
+    parameters = [p for p in trainer.method.parameters() if p.requires_grad]
+
+    def forward_backward() -> None:
+        with torch.autocast(trainer.device.type, dtype=torch.bfloat16, enabled=trainer.device.type == "cuda" and config.run.amp):
+            output = networks(views)
+        output.float().square().mean().backward()
+        for p in parameters:
+            p.grad = None
+
+    step_seconds, bare_seconds = timed([full_step, forward_backward], args.steps, trainer.device)
+    return {"label": label, "batch": batch, "img/s": batch / step_seconds, "step ms": 1000 * step_seconds,
+            "bare ms": 1000 * bare_seconds, "ratio": step_seconds / bare_seconds, "peak": peak}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per measurement (median)")
+    parser.add_argument("--resnet-batch", type=int, default=64, help="batch of the ResNet-18 rows (the issue's GPU target uses 512)")
+    parser.add_argument("--no-resnet", action="store_true", help="only the ConvNet rows")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the method (run.compile=true)")
+    args = parser.parse_args()
+
+    rows = []
+    with tempfile.TemporaryDirectory() as out:
+        for label, preset, overrides in CONVNET_CASES:
+            rows.append(measure(label, preset, overrides, args, out))
+            print(f"  measured {label}", flush=True)
+        if not args.no_resnet:
+            data = write_synthetic_cifar10(Path(out) / "data", images=max(5 * args.resnet_batch, 1000))
+            for label, preset, overrides in RESNET_CASES:
+                rows.append(measure(label, preset, [*overrides, f"data.data_dir={data}", f"optim.batch_size={args.resnet_batch}"], args, out))
+                print(f"  measured {label}", flush=True)
+
+    device = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"cpu, {torch.get_num_threads()} threads"
+    print(f"\n{device}, torch {torch.__version__}, median of {args.steps} steps" + (", compiled" if args.compile else ""))
+    print("| configuration | batch | images/s | full step (ms) | bare fwd+bwd (ms) | ratio | peak memory |")
+    print("|---|---|---|---|---|---|---|")
+    for row in rows:
+        print(f"| {row['label']} | {row['batch']} | {row['img/s']:.0f} | {row['step ms']:.1f} | {row['bare ms']:.1f} | {row['ratio']:.2f} | {row['peak']} |")
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+if __name__ == "__main__":
+    main()
