@@ -112,3 +112,28 @@ def test_views_are_asymmetric_as_configured():
     plain = x.float() / 255
     torch.testing.assert_close(views[0], ops.gaussian_blur(plain, torch.ones(4), 3), atol=1e-5, rtol=0)
     torch.testing.assert_close(views[1], ops.solarize(plain), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("by_index", [True, False], ids=["by index (CPU)", "by where (GPU)"])
+def test_adjustments_apply_in_each_samples_own_order(by_index):
+    """Both ways of applying the colour adjustments give, for every sample, its own sequence applied one op at a time."""
+    from nocollapse.augment import ops
+    from nocollapse.augment.views import apply_in_order
+
+    generator = torch.Generator().manual_seed(0)
+    n = 24
+    x = torch.rand(n, 3, 8, 8, generator=generator)
+    adjustments = [(ops.adjust_brightness, 0.6 + 0.8 * torch.rand(n, generator=generator)),
+                   (ops.adjust_contrast, 0.6 + 0.8 * torch.rand(n, generator=generator)),
+                   (ops.adjust_saturation, 0.6 + 0.8 * torch.rand(n, generator=generator)),
+                   (ops.adjust_hue, 0.2 * torch.rand(n, generator=generator) - 0.1)]
+    order = torch.argsort(torch.rand(n, 4, generator=generator), dim=1)
+    expected = []
+    for i in range(n):  # the reference: one sample at a time, in its order
+        y = x[i : i + 1]
+        for index in order[i].tolist():
+            adjust, parameter = adjustments[index]
+            y = adjust(y, parameter[i : i + 1])
+        expected.append(y)
+    assert len({tuple(row) for row in order.tolist()}) > 10, "many different orders, or the test shows little"
+    torch.testing.assert_close(apply_in_order(x, adjustments, order, by_index=by_index), torch.cat(expected), rtol=0, atol=1e-6)
