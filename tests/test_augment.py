@@ -137,3 +137,16 @@ def test_adjustments_apply_in_each_samples_own_order(by_index):
         expected.append(y)
     assert len({tuple(row) for row in order.tolist()}) > 10, "many different orders, or the test shows little"
     torch.testing.assert_close(apply_in_order(x, adjustments, order, by_index=by_index), torch.cat(expected), rtol=0, atol=1e-6)
+
+
+def test_views_are_the_same_whether_ops_select_samples_by_index_or_by_where(monkeypatch):
+    """The CPU form (gather the samples an op applies to) and the GPU form (transform all, keep with where)
+    draw the same random numbers and give the same views: colour jitter, grayscale, blur and solarize."""
+    from nocollapse.augment import views
+
+    images = torch.randint(0, 256, (32, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    config = AugmentConfig(mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    by_index = ViewGenerator(config)(images, torch.Generator().manual_seed(1))
+    monkeypatch.setattr(views, "selects_by_index", lambda device: False)
+    by_where = ViewGenerator(config)(images, torch.Generator().manual_seed(1))
+    torch.testing.assert_close(by_index, by_where, rtol=0, atol=1e-5)

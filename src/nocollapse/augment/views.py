@@ -68,6 +68,12 @@ AUGMENT_RULES: dict[str, Rule] = {
 }
 
 
+def selects_by_index(device: torch.device) -> bool:
+    """Whether ops that apply to some samples gather those samples (CPU: finding them costs nothing) rather
+    than transform the whole batch and select with ``where`` (GPU: finding them would sync the host)."""
+    return device.type == "cpu"
+
+
 def apply_in_order(x: Tensor, adjustments: list[tuple[Callable[[Tensor, Tensor], Tensor], Tensor]], order: Tensor, *,
                    by_index: bool) -> Tensor:
     """Apply to each sample i of ``x`` the adjustments in the order ``order[i]`` (a permutation of their indices).
@@ -91,6 +97,19 @@ def apply_in_order(x: Tensor, adjustments: list[tuple[Callable[[Tensor, Tensor],
                 step = torch.where(chosen.view(-1, 1, 1, 1) == index, adjust(x, parameter), step)
         x = step
     return x
+
+
+def apply_to_some(x: Tensor, chosen: Tensor, transform: Callable[[Tensor, Tensor | None], Tensor], *, by_index: bool) -> Tensor:
+    """``x`` with ``transform`` applied to the samples where the (n,) bool ``chosen`` is true.
+
+    ``transform(y, rows)`` maps samples ``y``: the rows ``rows`` of ``x``, or all of ``x`` when ``rows`` is
+    None (then the caller's per-sample parameters are used whole). ``by_index`` as in :func:`apply_in_order`:
+    transform just the chosen samples (a host sync on a GPU), or all of them and keep the chosen with ``where``.
+    """
+    if by_index:
+        rows = chosen.nonzero().squeeze(1)
+        return x.index_copy(0, rows, transform(x.index_select(0, rows), rows))
+    return torch.where(chosen.view(-1, 1, 1, 1), transform(x, None), x)
 
 
 def per_view(values: tuple[float, ...], num_views: int, batch: int, device: torch.device) -> Tensor:
@@ -142,20 +161,21 @@ class ViewGenerator:
         x = images.float().div_(255).repeat(views, 1, 1, 1)  # (M·B, C, H, W), view-major
         n = x.shape[0]
 
+        by_index = selects_by_index(x.device)
         x = ops.random_resized_crop(x, size, scale=cfg.crop_scale, ratio=cfg.crop_ratio, flip_prob=cfg.flip_prob, generator=generator)
         x = self._colour_jitter(x, generator)
         if channels == 3 and cfg.grayscale_prob > 0:
-            gray = ops.bernoulli_mask(n, cfg.grayscale_prob, x, generator)
-            x = torch.where(gray, ops.grayscale(x).expand_as(x), x)
+            gray = ops.bernoulli_mask(n, cfg.grayscale_prob, x, generator).view(-1)
+            x = apply_to_some(x, gray, lambda y, rows: ops.grayscale(y).expand_as(y), by_index=by_index)
         constants = self._constants_for(x.device, batch)
         if any(p > 0 for p in cfg.blur_prob[:views]):
             sigma = ops.uniform((n,), cfg.blur_sigma[0], cfg.blur_sigma[1], x, generator)
-            blurred = ops.gaussian_blur(x, sigma, blur_kernel_size(size, cfg.blur_kernel_fraction))
+            kernel = blur_kernel_size(size, cfg.blur_kernel_fraction)
             apply = torch.rand((n,), generator=generator, device=x.device) < constants["blur_p"]
-            x = torch.where(apply.view(-1, 1, 1, 1), blurred, x)
+            x = apply_to_some(x, apply, lambda y, rows: ops.gaussian_blur(y, sigma if rows is None else sigma[rows], kernel), by_index=by_index)
         if any(p > 0 for p in cfg.solarize_prob[:views]):
             apply = torch.rand((n,), generator=generator, device=x.device) < constants["solarize_p"]
-            x = torch.where(apply.view(-1, 1, 1, 1), ops.solarize(x), x)
+            x = apply_to_some(x, apply, lambda y, rows: ops.solarize(y), by_index=by_index)
         if cfg.mean:
             x = (x - constants["mean"]) / constants["std"]
         return x.view(views, batch, channels, size, size)
@@ -178,6 +198,6 @@ class ViewGenerator:
             return x
         # Per-sample random order: at position k each sample applies the adjustment its permutation puts there.
         order = torch.argsort(torch.rand((n, len(adjustments)), generator=generator, device=x.device), dim=1)
-        jittered = apply_in_order(x, adjustments, order, by_index=x.device.type == "cpu")
+        jittered = apply_in_order(x, adjustments, order, by_index=selects_by_index(x.device))
         apply = ops.bernoulli_mask(n, cfg.jitter_prob, x, generator)
         return torch.where(apply, jittered, x)
