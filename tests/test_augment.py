@@ -40,6 +40,38 @@ def test_full_crop_without_flip_is_the_identity():
     torch.testing.assert_close(flipped, x.flip(-1), atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("channels, side, size", [(1, 28, 28), (3, 32, 32), (3, 32, 20), (3, 17, 40)])
+def test_crop_equals_grid_sample_on_the_same_rectangles(channels, side, size):
+    """The separable resampling against torch's grid_sample over the rectangles the same draws give."""
+    import math
+    import torch.nn.functional as F
+
+    x = torch.rand(64, channels, side, side, generator=torch.Generator().manual_seed(0))
+    out = ops.random_resized_crop(x, size, generator=torch.Generator().manual_seed(1))
+    # Redraw the same parameters, in the op's order, and sample with an affine grid instead.
+    generator = torch.Generator().manual_seed(1)
+    area = 0.08 + 0.92 * torch.rand(64, generator=generator)
+    aspect = torch.exp(math.log(3 / 4) + (math.log(4 / 3) - math.log(3 / 4)) * torch.rand(64, generator=generator))
+    width, height = torch.sqrt(area * aspect).clamp(max=1), torch.sqrt(area / aspect).clamp(max=1)
+    centre_x = (1 - width) * (2 * torch.rand(64, generator=generator) - 1)
+    centre_y = (1 - height) * (2 * torch.rand(64, generator=generator) - 1)
+    sign = 1 - 2 * (torch.rand(64, generator=generator) < 0.5).float()
+    theta = torch.zeros(64, 2, 3)
+    theta[:, 0, 0], theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = width * sign, centre_x, height, centre_y
+    grid = F.affine_grid(theta, [64, channels, size, size], align_corners=False)
+    expected = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    assert (sign < 0).any() and (sign > 0).any() and (width < 0.5).any()
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-5)
+
+
+def test_crop_copies_are_the_crops_of_the_repeated_batch():
+    x = torch.rand(8, 3, 12, 12, generator=torch.Generator().manual_seed(0))
+    copied = ops.random_resized_crop(x, 10, copies=3, generator=torch.Generator().manual_seed(4))
+    repeated = ops.random_resized_crop(x.repeat(3, 1, 1, 1), 10, generator=torch.Generator().manual_seed(4))
+    assert copied.shape == (24, 3, 10, 10)
+    torch.testing.assert_close(copied, repeated, rtol=0, atol=1e-6)
+
+
 def test_crop_area_follows_the_scale():
     # A bright square in the centre: small crops magnify it, so its share of the output grows.
     x = torch.zeros(256, 1, 32, 32)
@@ -83,14 +115,34 @@ def test_hue_shift_round_trips_and_rotates_primaries():
     torch.testing.assert_close(green.flatten(), torch.tensor([0.0, 1.0, 0.0]), atol=1e-5, rtol=0)
 
 
+def test_hue_shift_against_colorsys():
+    """Every pixel against Python's own RGB → HSV → RGB, greys and saturated primaries included."""
+    import colorsys
+
+    generator = torch.Generator().manual_seed(2)
+    x = torch.rand(6, 3, 5, 5, generator=generator)
+    x[0, :, 0, 0] = 0.4  # a grey pixel: any shift leaves it
+    x[1, :, 0, 0] = torch.tensor([1.0, 0.0, 0.0])
+    x[2, :, 0, 0] = torch.tensor([0.7, 0.7, 0.2])  # R and G tie for the maximum
+    x[3] = 0.0  # black
+    shift = torch.tensor([0.5, -0.5, 0.1, -0.37, 0.0, 0.25])
+    expected = torch.empty_like(x)
+    for i in range(6):
+        for row in range(5):
+            for column in range(5):
+                hue, saturation, value = colorsys.rgb_to_hsv(*x[i, :, row, column].tolist())
+                expected[i, :, row, column] = torch.tensor(colorsys.hsv_to_rgb((hue + shift[i].item()) % 1.0, saturation, value))
+    torch.testing.assert_close(ops.adjust_hue(x, shift), expected, rtol=0, atol=1e-5)
+
+
 def test_jitter_applies_with_its_probability():
     x = torch.rand(512, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 0.5 + 0.25
-    never = ViewGenerator(AugmentConfig(jitter_prob=0.0))._colour_jitter(x, torch.Generator().manual_seed(1))
+    never = ViewGenerator(AugmentConfig(jitter_prob=0.0))._colour_jitter(x.clone(), torch.Generator().manual_seed(1))
     assert torch.equal(never, x)
-    always = ViewGenerator(AugmentConfig(jitter_prob=1.0))._colour_jitter(x, torch.Generator().manual_seed(1))
+    always = ViewGenerator(AugmentConfig(jitter_prob=1.0))._colour_jitter(x.clone(), torch.Generator().manual_seed(1))
     changed = (always != x).flatten(1).any(dim=1).float().mean().item()
     assert changed == 1.0
-    sometimes = ViewGenerator(AugmentConfig(jitter_prob=0.8))._colour_jitter(x, torch.Generator().manual_seed(1))
+    sometimes = ViewGenerator(AugmentConfig(jitter_prob=0.8))._colour_jitter(x.clone(), torch.Generator().manual_seed(1))
     assert 0.7 < (sometimes != x).flatten(1).any(dim=1).float().mean().item() < 0.9
 
 
@@ -136,7 +188,7 @@ def test_adjustments_apply_in_each_samples_own_order(by_index):
             y = adjust(y, parameter[i : i + 1])
         expected.append(y)
     assert len({tuple(row) for row in order.tolist()}) > 10, "many different orders, or the test shows little"
-    torch.testing.assert_close(apply_in_order(x, adjustments, order, by_index=by_index), torch.cat(expected), rtol=0, atol=1e-6)
+    torch.testing.assert_close(apply_in_order(x.clone(), adjustments, order, by_index=by_index), torch.cat(expected), rtol=0, atol=1e-6)
 
 
 def test_views_are_the_same_whether_ops_select_samples_by_index_or_by_where(monkeypatch):

@@ -79,23 +79,24 @@ def apply_in_order(x: Tensor, adjustments: list[tuple[Callable[[Tensor, Tensor],
     """Apply to each sample i of ``x`` the adjustments in the order ``order[i]`` (a permutation of their indices).
 
     ``by_index``: at each position, each adjustment runs on just the samples that take it there, gathered
-    and scattered back by index: every sample gets one adjustment per position (A passes for A
-    adjustments). Finding those samples is a host sync on a GPU, free on a CPU. Otherwise every
-    adjustment runs on the whole batch at every position and ``torch.where`` keeps the chosen one:
-    A² passes, but no sync and no gather. Both give the same views.
+    and written back into ``x`` in place (so ``x`` must be the caller's own intermediate tensor): every
+    sample gets one adjustment per position, A passes for A adjustments. Finding those samples is a host
+    sync on a GPU, free on a CPU. Otherwise every adjustment runs on the whole batch at every position and
+    ``torch.where`` keeps the chosen one: A² passes, but no sync and no gather, and ``x`` is left as it
+    is. Both give the same views; use the returned tensor.
     """
     for position in range(len(adjustments)):
         chosen = order[:, position]
         if by_index:
-            step = torch.empty_like(x)  # every row is written: each sample takes exactly one adjustment here
+            # In place is safe: each adjustment reads and writes only the rows that take it here.
             for index, (adjust, parameter) in enumerate(adjustments):
                 rows = (chosen == index).nonzero().squeeze(1)
-                step.index_copy_(0, rows, adjust(x.index_select(0, rows), parameter.index_select(0, rows)))
+                x.index_copy_(0, rows, adjust(x.index_select(0, rows), parameter.index_select(0, rows)))
         else:
             step = x
             for index, (adjust, parameter) in enumerate(adjustments):
                 step = torch.where(chosen.view(-1, 1, 1, 1) == index, adjust(x, parameter), step)
-        x = step
+            x = step
     return x
 
 
@@ -104,11 +105,12 @@ def apply_to_some(x: Tensor, chosen: Tensor, transform: Callable[[Tensor, Tensor
 
     ``transform(y, rows)`` maps samples ``y``: the rows ``rows`` of ``x``, or all of ``x`` when ``rows`` is
     None (then the caller's per-sample parameters are used whole). ``by_index`` as in :func:`apply_in_order`:
-    transform just the chosen samples (a host sync on a GPU), or all of them and keep the chosen with ``where``.
+    transform just the chosen samples and write them into ``x`` in place (a host sync on a GPU), or
+    transform all of them and keep the chosen with ``where``. Use the returned tensor.
     """
     if by_index:
         rows = chosen.nonzero().squeeze(1)
-        return x.index_copy(0, rows, transform(x.index_select(0, rows), rows))
+        return x.index_copy_(0, rows, transform(x.index_select(0, rows), rows))
     return torch.where(chosen.view(-1, 1, 1, 1), transform(x, None), x)
 
 
@@ -158,11 +160,11 @@ class ViewGenerator:
         batch, channels, height, _ = images.shape
         views = cfg.num_views
         size = cfg.crop_size or height
-        x = images.float().div_(255).repeat(views, 1, 1, 1)  # (M·B, C, H, W), view-major
-        n = x.shape[0]
-
+        n = views * batch
+        # (M·B, C, S, S), view-major: a new tensor, which the steps below may write into.
+        x = ops.random_resized_crop(images / 255, size, copies=views, scale=cfg.crop_scale, ratio=cfg.crop_ratio,
+                                    flip_prob=cfg.flip_prob, generator=generator)
         by_index = selects_by_index(x.device)
-        x = ops.random_resized_crop(x, size, scale=cfg.crop_scale, ratio=cfg.crop_ratio, flip_prob=cfg.flip_prob, generator=generator)
         x = self._colour_jitter(x, generator)
         if channels == 3 and cfg.grayscale_prob > 0:
             gray = ops.bernoulli_mask(n, cfg.grayscale_prob, x, generator).view(-1)
@@ -177,11 +179,13 @@ class ViewGenerator:
             apply = torch.rand((n,), generator=generator, device=x.device) < constants["solarize_p"]
             x = apply_to_some(x, apply, lambda y, rows: ops.solarize(y), by_index=by_index)
         if cfg.mean:
-            x = (x - constants["mean"]) / constants["std"]
+            x = x.sub_(constants["mean"]).div_(constants["std"])
         return x.view(views, batch, channels, size, size)
 
     def _colour_jitter(self, x: Tensor, generator: torch.Generator | None) -> Tensor:
-        """Brightness, contrast, saturation and hue in an order drawn per sample, on a fraction ``jitter_prob``."""
+        """Brightness, contrast, saturation and hue in an order drawn per sample, on a fraction ``jitter_prob``.
+
+        Writes into ``x`` where it selects by index (CPU); use the returned tensor."""
         cfg = self.config
         n, channels = x.shape[0], x.shape[1]
         # (adjustment, its per-sample parameter of shape (n,))
@@ -198,6 +202,12 @@ class ViewGenerator:
             return x
         # Per-sample random order: at position k each sample applies the adjustment its permutation puts there.
         order = torch.argsort(torch.rand((n, len(adjustments)), generator=generator, device=x.device), dim=1)
-        jittered = apply_in_order(x, adjustments, order, by_index=selects_by_index(x.device))
-        apply = ops.bernoulli_mask(n, cfg.jitter_prob, x, generator)
-        return torch.where(apply, jittered, x)
+        apply = ops.bernoulli_mask(n, cfg.jitter_prob, x, generator).view(-1)
+        by_index = selects_by_index(x.device)
+
+        def jitter(y: Tensor, rows: Tensor | None) -> Tensor:
+            if rows is None:
+                return apply_in_order(y, adjustments, order, by_index=by_index)
+            return apply_in_order(y, [(adjust, parameter[rows]) for adjust, parameter in adjustments], order[rows], by_index=by_index)
+
+        return apply_to_some(x, apply, jitter, by_index=by_index)
