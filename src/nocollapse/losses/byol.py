@@ -47,8 +47,8 @@ def byol_loss(predictions: Tensor, targets: Tensor) -> Tensor:
     views = predictions.shape[0]
     p = F.normalize(at_least_float32(predictions), dim=-1)
     z = F.normalize(at_least_float32(targets), dim=-1)
-    # cos[i, j, n] = cos(p_i[n], z_j[n]) for every ordered view pair at once.
-    cos = torch.einsum("ind,jnd->ijn", p, z)
-    off_diagonal = ~torch.eye(views, dtype=torch.bool, device=cos.device)
-    pair_losses = (2 - 2 * cos[off_diagonal]).mean(dim=-1)  # (M(M−1),)
-    return 2 * pair_losses.mean()
+    # mean_cos[i, j] = mean_n cos(p_i[n], z_j[n]) for every view pair at once.
+    mean_cos = torch.einsum("ind,jnd->ij", p, z) / p.shape[1]
+    # The pairs i ≠ j: all of them less the diagonal (a boolean mask would cost a host sync on a GPU).
+    pairs_mean_cos = (mean_cos.sum() - mean_cos.diagonal().sum()) / (views * (views - 1))
+    return 2 * (2 - 2 * pairs_mean_cos)

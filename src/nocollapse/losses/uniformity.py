@@ -84,6 +84,8 @@ def info_nce_loss(embeddings: Tensor, *, temperature: float = 0.2) -> Tensor:
     flat = z.reshape(views * batch, -1)
     logits = (flat @ flat.T / temperature).fill_diagonal_(-math.inf)  # (MB, MB), no self-similarity
     log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
-    image = torch.arange(views * batch, device=z.device) % batch
-    positives = (image[:, None] == image[None, :]).fill_diagonal_(False)  # (MB, MB): same image, another view
-    return -log_prob[positives].mean()
+    # Row i's positives are the other views of its image: columns i + k·B (mod MB), k = 1 … M − 1. Gathered
+    # by index rather than picked with a boolean mask, which would cost a host sync on a GPU.
+    anchors = torch.arange(views * batch, device=z.device)
+    positives = (anchors[:, None] + batch * torch.arange(1, views, device=z.device)) % (views * batch)  # (MB, M − 1)
+    return -log_prob.gather(1, positives).mean()
