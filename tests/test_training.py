@@ -148,6 +148,23 @@ def test_overrides_may_come_before_and_after_options_in_order(capsys):
     assert exit_.value.code == 2 and "unrecognized arguments: stray" in capsys.readouterr().err
 
 
+def test_cli_compile_flag_compiles_the_methods_step(tiny_data, tmp_path, monkeypatch):
+    """``--compile`` is ``run.compile=true``: the method the step calls is torch.compile's (spied on: compiling
+    for real takes minutes on a CPU), and the run records the setting."""
+    compiled = []
+
+    def spy(model, **options):
+        compiled.append(model)
+        return model
+
+    monkeypatch.setattr(torch, "compile", spy)
+    args = ["train", "--compile", "--no-eval", "--no-report", "--quiet", *TINY_RUN, "optim.epochs=1", f"data.data_dir={tiny_data}",
+            f"run.out_dir={tmp_path}", "run.name=compiled", "run.device=cpu"]
+    assert main(args) == 0
+    assert len(compiled) == 1 and hasattr(compiled[0], "update_target")  # the BYOL method itself, not a part of it
+    assert json.loads((tmp_path / "compiled" / "config.json").read_text())["run"]["compile"] is True
+
+
 def test_cli_help_documents_the_commands(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["--help"])

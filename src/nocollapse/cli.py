@@ -39,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true", help="continue the run in out_dir/name from its last checkpoint")
     train.add_argument("--data-dir", help="where the dataset files are (same as data.data_dir=...)")
     train.add_argument("--device", help="auto | cpu | cuda | cuda:N (same as run.device=...)")
+    train.add_argument("--compile", action="store_true", help="torch.compile the method (same as run.compile=true; worth it on a GPU)")
     train.add_argument("--no-eval", action="store_true", help="skip the final evaluation")
     train.add_argument("--no-report", action="store_true", help="do not write the HTML report (RUN_DIR/report/index.html) at the end")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -82,6 +83,8 @@ def run_train(args: argparse.Namespace) -> None:
         overrides.append(f"data.data_dir={args.data_dir}")
     if args.device:
         overrides.append(f"run.device={args.device}")
+    if args.compile:
+        overrides.append("run.compile=true")
     config = resolve_config(args.preset, overrides)
     if args.resume:  # the run's own settings; only what cannot change its trajectory may be overridden
         config = resume_config(run_directory(config), overrides)
