@@ -40,28 +40,42 @@ def test_full_crop_without_flip_is_the_identity():
     torch.testing.assert_close(flipped, x.flip(-1), atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("channels, side, size", [(1, 28, 28), (3, 32, 32), (3, 32, 20), (3, 17, 40)])
-def test_crop_equals_grid_sample_on_the_same_rectangles(channels, side, size):
+@pytest.mark.parametrize("channels, image, size, scale, ratio", [
+    (1, (28, 28), 28, (0.08, 1.0), (3 / 4, 4 / 3)),
+    (3, (32, 32), 32, (0.08, 1.0), (3 / 4, 4 / 3)),
+    (3, (32, 32), 20, (0.2, 1.0), (3 / 4, 4 / 3)),  # downsampling
+    (3, (17, 17), 40, (0.08, 1.0), (3 / 4, 4 / 3)),  # upsampling
+    (3, (24, 40), (16, 48), (0.08, 1.0), (3 / 4, 4 / 3)),  # non-square image and output
+    (1, (32, 32), 32, (0.001, 0.01), (0.1, 10.0)),  # tiny, extreme crops
+    (1, (32, 32), 32, (1.0, 1.0), (0.05, 20.0)),  # crops clipped to the image
+], ids=["fmnist", "cifar", "down", "up", "non-square", "tiny", "clipped"])
+def test_crop_equals_grid_sample_on_the_same_rectangles(channels, image, size, scale, ratio):
     """The separable resampling against torch's grid_sample over the rectangles the same draws give."""
     import math
     import torch.nn.functional as F
 
-    x = torch.rand(64, channels, side, side, generator=torch.Generator().manual_seed(0))
-    out = ops.random_resized_crop(x, size, generator=torch.Generator().manual_seed(1))
+    x = torch.rand(64, channels, *image, generator=torch.Generator().manual_seed(0))
+    out = ops.random_resized_crop(x, size, scale=scale, ratio=ratio, generator=torch.Generator().manual_seed(1))
     # Redraw the same parameters, in the op's order, and sample with an affine grid instead.
     generator = torch.Generator().manual_seed(1)
-    area = 0.08 + 0.92 * torch.rand(64, generator=generator)
-    aspect = torch.exp(math.log(3 / 4) + (math.log(4 / 3) - math.log(3 / 4)) * torch.rand(64, generator=generator))
+    area = scale[0] + (scale[1] - scale[0]) * torch.rand(64, generator=generator)
+    aspect = torch.exp(math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * torch.rand(64, generator=generator))
     width, height = torch.sqrt(area * aspect).clamp(max=1), torch.sqrt(area / aspect).clamp(max=1)
     centre_x = (1 - width) * (2 * torch.rand(64, generator=generator) - 1)
     centre_y = (1 - height) * (2 * torch.rand(64, generator=generator) - 1)
     sign = 1 - 2 * (torch.rand(64, generator=generator) < 0.5).float()
     theta = torch.zeros(64, 2, 3)
     theta[:, 0, 0], theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = width * sign, centre_x, height, centre_y
-    grid = F.affine_grid(theta, [64, channels, size, size], align_corners=False)
+    out_size = (size, size) if isinstance(size, int) else size
+    grid = F.affine_grid(theta, [64, channels, *out_size], align_corners=False)
     expected = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
-    assert (sign < 0).any() and (sign > 0).any() and (width < 0.5).any()
+    assert (sign < 0).any() and (sign > 0).any()
     torch.testing.assert_close(out, expected, rtol=0, atol=1e-5)
+
+
+def test_crop_refuses_integer_images():
+    with pytest.raises(TypeError, match="floating-point"):
+        ops.random_resized_crop(images(), 28)
 
 
 def test_crop_copies_are_the_crops_of_the_repeated_batch():
@@ -144,6 +158,13 @@ def test_jitter_applies_with_its_probability():
     assert changed == 1.0
     sometimes = ViewGenerator(AugmentConfig(jitter_prob=0.8))._colour_jitter(x.clone(), torch.Generator().manual_seed(1))
     assert 0.7 < (sometimes != x).flatten(1).any(dim=1).float().mean().item() < 0.9
+
+
+def test_an_op_that_no_sample_draws_leaves_the_views_alone():
+    """Two images, blur with probability 1%: most calls blur nothing, which must not reach the blur at all."""
+    config = AugmentConfig(blur_prob=(0.01,), solarize_prob=(0.0,), jitter_prob=0.0)
+    views = ViewGenerator(config)(images(batch=2), torch.Generator().manual_seed(0))
+    assert views.shape == (2, 2, 1, 28, 28) and torch.isfinite(views).all()
 
 
 def test_bad_config_is_reported():

@@ -91,6 +91,10 @@ def run_train(args: argparse.Namespace) -> None:
     trainer = Trainer(config, resume=args.resume, progress=not args.quiet)
     try:
         run_dir = trainer.fit()
+        if trainer.dist.enabled:
+            # Tear down together: rank 0 finishes later (monitor, checkpoint, encoder), and a gloo process that
+            # left while another still held the group was seen to abort at exit (rarely, under load).
+            torch.distributed.barrier()
     except UserError:  # stopped by a fault: the report shows where and why, beside the curves up to it
         if not args.no_report and trainer.dist.is_main:
             write_run_report(trainer.run_dir)

@@ -50,9 +50,12 @@ def random_resized_crop(
     Crop, resize and flip are one bilinear resampling, and bilinear resampling along axis-aligned
     rectangles is separable: ``out = A_y · x · A_xᵀ`` with per-sample (S_h, H) and (S_w, W)
     interpolation matrices, two batched matrix products. That is ``grid_sample``'s bilinear result
-    (sample positions clamped to the image, as its reflection padding does for positions inside it)
-    at a fraction of its cost, on a CPU as on a GPU.
+    (sample positions clamped to the image, as its reflection padding does for positions inside it).
+    The dense matrices make it O(S·H·W) per plane against ``grid_sample``'s O(S²); on one CPU thread it
+    measured faster at 32 and 96 px and level at 224 px.
     """
+    if not x.is_floating_point():
+        raise TypeError(f"random_resized_crop wants a floating-point batch, got {x.dtype} (convert uint8 images with x / 255)")
     batch, channels, height, width = x.shape
     n = copies * batch
     out_h, out_w = (size, size) if isinstance(size, int) else size
@@ -140,9 +143,9 @@ def adjust_hue(x: Tensor, shift: Tensor) -> Tensor:
     torch.where(value == g, hue_delta, (r - g).add_(delta, alpha=4), out=hue_delta)  # or B
     torch.where(value == r, g - b, hue_delta, out=hue_delta)  # R largest takes precedence
     # A grey pixel (Δ = 0) has hue_delta = 0, so h6 = 0 there, and Δ = 0 makes its hue irrelevant.
-    h6 = hue_delta.div_(delta.clamp(min=torch.finfo(x.dtype).tiny)).add_(6 * shift.view(-1, 1, 1))
+    shifted_h6 = hue_delta.div_(delta.clamp(min=torch.finfo(x.dtype).tiny)).add_(6 * shift.view(-1, 1, 1))  # h6 + 6·shift
     n = torch.arange(5.0, 0.0, -2.0, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)  # (5, 3, 1), made on the device
-    k = torch.remainder(n + h6.unsqueeze(1), 6)
+    k = torch.remainder(n + shifted_h6.unsqueeze(1), 6)
     weight = torch.minimum(k, torch.rsub(k, 4), out=k).clamp_(0, 1)  # clamp(min(k, 4 − k), 0, 1)
     return torch.sub(value.unsqueeze(1), weight.mul_(delta.unsqueeze(1)), out=weight)
 

@@ -110,6 +110,8 @@ def apply_to_some(x: Tensor, chosen: Tensor, transform: Callable[[Tensor, Tensor
     """
     if by_index:
         rows = chosen.nonzero().squeeze(1)
+        if rows.numel() == 0:  # nothing to transform (an op such as the blur's padding cannot take an empty batch)
+            return x
         return x.index_copy_(0, rows, transform(x.index_select(0, rows), rows))
     return torch.where(chosen.view(-1, 1, 1, 1), transform(x, None), x)
 
@@ -162,7 +164,7 @@ class ViewGenerator:
         size = cfg.crop_size or height
         n = views * batch
         # (M·B, C, S, S), view-major: a new tensor, which the steps below may write into.
-        x = ops.random_resized_crop(images / 255, size, copies=views, scale=cfg.crop_scale, ratio=cfg.crop_ratio,
+        x = ops.random_resized_crop((images / 255).to(torch.float32), size, copies=views, scale=cfg.crop_scale, ratio=cfg.crop_ratio,
                                     flip_prob=cfg.flip_prob, generator=generator)
         by_index = selects_by_index(x.device)
         x = self._colour_jitter(x, generator)

@@ -82,24 +82,26 @@ def singular_value_loss(embeddings: Tensor, *, target: str = "uniform", form: st
     The paper describes this term only in words ("pushes the particle system toward spatially
     homogeneous density"); both forms are reconstructions.
 
-    Two forms give the same value: ``"covariance"`` builds C (O(Nd²), d × d memory: cheap when
-    d ≪ N); ``"svd"`` takes the singular values of Z̃ (O(N·d·min(N, d)), no d × d matrix: for
-    d > N). ``"auto"`` picks the covariance form when d ≤ N. Both have stable gradients
-    (``svdvals`` does not divide by gaps between singular values).
+    Both targets need only ``Σλ_k = tr C`` and ``Σλ_k² = ‖C‖²_F``, and two forms give them:
+    ``"covariance"`` builds C (O(Nd²), d × d memory: cheap when d ≪ N); ``"gram"`` builds the N × N
+    Gram matrix ``G = Z̃Z̃ᵀ/(N−1)``, which has C's nonzero eigenvalues, so ``‖C‖_F = ‖G‖_F``
+    (O(N²d), no d × d matrix: for d > N). ``"auto"`` picks the covariance form when d ≤ N. Neither
+    decomposes a matrix: no SVD, whose convergence check would make the host wait on a GPU every step,
+    and gradients that are polynomials in Z̃.
 
     Args:
         embeddings: (N, d) or (M, N, d); with M views the loss is averaged over views, each view's
             batch centred on its own.
         target: ``"mean"`` or ``"uniform"``, the flat spectrum the eigenvalues are pulled to.
-        form: ``"auto"``, ``"covariance"`` or ``"svd"``.
+        form: ``"auto"``, ``"covariance"`` or ``"gram"``.
 
     Returns:
         A scalar, float32 at least (autocast is off inside: bf16 would swamp the small eigenvalues).
     """
     if target not in SINGULAR_VALUE_TARGETS:
         raise ValueError(f"target={target!r} is not one of {SINGULAR_VALUE_TARGETS}")
-    if form not in ("auto", "covariance", "svd"):
-        raise ValueError(f"form={form!r} is not one of auto, covariance, svd")
+    if form not in ("auto", "covariance", "gram"):
+        raise ValueError(f"form={form!r} is not one of auto, covariance, gram")
     views = _as_views(embeddings, "singular_value_loss")
     num, dim = views.shape[1:]
     if num < 2:
@@ -112,12 +114,13 @@ def singular_value_loss(embeddings: Tensor, *, target: str = "uniform", form: st
             level = torch.diagonal(cov, dim1=1, dim2=2).mean(dim=1) if target == "mean" else torch.full(cov.shape[:1], 1 / dim, dtype=z.dtype, device=z.device)
             per_view = (cov - level[:, None, None] * torch.eye(dim, dtype=z.dtype, device=z.device)).square().sum(dim=(1, 2))
         else:
-            eigenvalues = torch.linalg.svdvals(z).square() / (num - 1)  # (M, min(N, d)); the other d − min(N, d) are 0
-            total = eigenvalues.sum(dim=1)
+            gram = z @ z.transpose(1, 2) / (num - 1)  # (M, N, N)
+            total = torch.diagonal(gram, dim1=1, dim2=2).sum(dim=1)  # Σλ = tr G = tr C
+            squares = gram.square().sum(dim=(1, 2))  # Σλ² = ‖G‖²_F = ‖C‖²_F
             if target == "mean":  # Σλ² − 2λ̄Σλ + dλ̄² with λ̄ = Σλ/d
-                per_view = eigenvalues.square().sum(dim=1) - total.square() / dim
+                per_view = squares - total.square() / dim
             else:  # Σλ² − 2Σλ/d + d/d²
-                per_view = eigenvalues.square().sum(dim=1) - 2 * total / dim + 1 / dim
+                per_view = squares - 2 * total / dim + 1 / dim
     return per_view.mean()
 
 
