@@ -18,6 +18,7 @@ TINY_RUN = [
     "optim.warmup_epochs=0.5",
     "eval.knn_k=5,20",
     "eval.probe_epochs=3",
+    "eval.probe_min_steps=0",  # 3 epochs of one step: the tiny runs test the plumbing, not the probe's convergence
     "eval.monitor_train_samples=0",
     "run.log_every=2",
 ]

@@ -107,7 +107,8 @@ def test_any_overrides_resolve_or_raise_a_user_error(chosen):
 # Small enough that one run (train + monitor + evaluation with baselines) takes about half a second on one
 # CPU thread, so that 100 runs fit in the test's budget; the random overrides come after these and may undo them.
 TINY = ["optim.epochs=1", "optim.batch_size=16", "model.widths=4,8", "model.projector_hidden=16", "model.projection_dim=8",
-        "model.predictor_hidden=16", "method.wmse.w_size=16", "eval.knn_k=5", "eval.probe_epochs=1", "run.device=cpu", "run.log_every=2"]
+        "model.predictor_hidden=16", "method.wmse.w_size=16", "eval.knn_k=5", "eval.probe_epochs=1", "eval.probe_min_steps=0",
+        "run.device=cpu", "run.log_every=2"]
 TRAIN_IMAGES, TEST_IMAGES = 64, 32
 
 # Keys the runs do not vary, and why.
@@ -123,6 +124,7 @@ NOT_RUN = {
 SMALL = {
     "optim.epochs": ["-1", "0", "1", "2", "1.5"],
     "eval.probe_epochs": ["-1", "0", "1", "2"],
+    "eval.probe_min_steps": ["-1", "0", "1", "20"],
     "model.depth": ["0", "1", "2"],
     "augment.num_views": ["1", "2", "3", "4"],
     "augment.crop_size": ["none", "3", "4", "5", "40"],

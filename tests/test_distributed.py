@@ -1,5 +1,6 @@
 """Data-parallel training on CPU with gloo and 2 processes: gathered losses match one process on the
-whole batch, in value and gradient, and a 2-process run trains, checkpoints and resumes exactly."""
+whole batch, in value and gradient, a 2-process run trains, checkpoints and resumes exactly, and every
+process exits cleanly (status 0 after success, the error's own status after a fault; never SIGABRT)."""
 
 import json
 import os
@@ -18,7 +19,7 @@ from torch.nn.parallel import DistributedDataParallel
 from conftest import TINY_RUN, write_tiny_fashion_mnist
 from nocollapse.config import resolve_config
 from nocollapse.losses import SFRIK_KERNEL, info_nce_loss, kernel_uniformity, singular_value_loss, uniformity_loss, whitened_mse
-from nocollapse.train.distributed import gather_views, init_distributed
+from nocollapse.train.distributed import gather_views, init_distributed, shutdown_distributed
 
 WORLD = 2
 VIEWS, BATCH, IN, DIM = 2, 16, 6, 4
@@ -67,7 +68,8 @@ def loss_worker(rank: int, port: int) -> None:
         torch.testing.assert_close(loss, expected, atol=1e-5, rtol=1e-5, msg=f"{name}: loss")
         for (param_name, param), ref in zip(model.module.named_parameters(), reference.parameters()):
             torch.testing.assert_close(param.grad, ref.grad, atol=1e-5, rtol=1e-5, msg=lambda m: f"{name}: grad of {param_name}: {m}")
-    dist.destroy_process_group()
+    del model  # DDP's reducer holds the group: released first, the group's destruction joins gloo's threads
+    shutdown_distributed()
 
 
 def test_each_gathered_loss_and_its_gradients_match_one_process_on_the_whole_batch():
@@ -82,11 +84,26 @@ def gather_is_differentiable_worker(rank: int, port: int) -> None:
     (gathered * torch.arange(4.0).view(1, 4, 1)).sum().backward()
     # Both processes back-propagate the same loss: the rows' gradient is summed over them.
     torch.testing.assert_close(local.grad, WORLD * torch.tensor([0.0, 1.0]).add(2 * rank).view(1, 2, 1).expand(1, 2, 3))
-    dist.destroy_process_group()
+    shutdown_distributed()
 
 
 def test_the_gather_keeps_rank_order_and_sums_the_gradient_of_each_slice():
     mp.spawn(gather_is_differentiable_worker, args=(free_port(),), nprocs=WORLD)
+
+
+def exit_without_teardown_worker(rank: int, port: int) -> None:
+    join_group(rank, port)
+    for _ in range(50):
+        dist.all_reduce(torch.ones(10_000))  # a temporary: its Python object dies while gloo may still hold the work
+    # No teardown: returning exits the process, and init_distributed's atexit handler must leave the group.
+
+
+def test_a_process_that_exits_right_after_its_collectives_exits_cleanly():
+    """The cause of the SIGABRTs at exit: gloo threads freeing a collective's tensors during finalisation.
+    Without init_distributed's atexit teardown, 13 of 40 such pairs aborted on 2 CPU cores; 8 pairs in a
+    row then pass by chance only (27/40)^8 ≈ 4% of the time."""
+    for _ in range(8):
+        mp.spawn(exit_without_teardown_worker, args=(free_port(),), nprocs=WORLD)  # raises when a process ends by a signal
 
 
 def train_worker(rank: int, port: int, overrides: list[str], resume: bool, crash_at: int | None) -> None:
@@ -109,7 +126,7 @@ def train_worker(rank: int, port: int, overrides: list[str], resume: bool, crash
         pass
     if trainer.dist.is_main:
         torch.save({k: v.cpu() for k, v in trainer.method.state_dict().items()}, Path(trainer.run_dir) / f"weights-rank{rank}.pt")
-    dist.destroy_process_group()
+    trainer.close()
 
 
 def run_two_processes(overrides: list[str], *, resume: bool = False, crash_at: int | None = None) -> None:
@@ -167,7 +184,7 @@ def skip_worker(rank: int, port: int, overrides: list[str]) -> None:
     # Parameters only: BatchNorm statistics differ between processes on CPU anyway (no SyncBatchNorm there).
     weights = {name: p.detach() for name, p in trainer.method.named_parameters()}
     torch.save({"skipped": trainer.skipped_steps, "weights": weights}, Path(trainer.run_dir) / f"end-rank{rank}.pt")
-    dist.destroy_process_group()
+    trainer.close()
 
 
 def test_a_step_is_skipped_by_every_process_when_one_of_them_sees_a_fault(tmp_path):
@@ -187,21 +204,39 @@ def test_a_step_is_skipped_by_every_process_when_one_of_them_sees_a_fault(tmp_pa
     assert "the loss failed in another process" in skipped[1]["skipped"]
 
 
+def torchrun(tmp_path: Path, name: str, *args: str) -> subprocess.CompletedProcess:
+    """``torchrun --nproc_per_node=2 -m nocollapse train`` of a tiny run on CPU."""
+    data = write_tiny_fashion_mnist(tmp_path / "data")
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}", "-m", "nocollapse",
+               "train", "--quiet", "--no-report", *TINY_RUN, "eval.linear_probe=false", f"data.data_dir={data}", f"run.out_dir={tmp_path}",
+               f"run.name={name}", "run.device=cpu", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
 @pytest.mark.parametrize("method", [
     ["regularizers.uniformity=1"],
     ["method.name=msbreg", "augment.num_views=4", "regularizers.singular_value=30", "regularizers.brownian=0.1"],
     ["method.name=sfrik", "model.projection_dim=32"],
 ], ids=["byol+uniformity", "msbreg", "sfrik"])
 def test_torchrun_trains_and_rank_zero_evaluates(tmp_path, method):
-    data = write_tiny_fashion_mnist(tmp_path / "data")
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}", "-m", "nocollapse",
-               "train", "--quiet", "--no-report", *TINY_RUN, "eval.linear_probe=false", f"data.data_dir={data}", f"run.out_dir={tmp_path}",
-               "run.name=ddp", "run.device=cpu", *method]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    result = torchrun(tmp_path, "ddp", *method)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("training ") == 1 and result.stdout.count("run saved in") == 1  # rank 0 alone speaks
     assert "convnet" in result.stdout and "random convnet" in result.stdout  # and evaluates
     assert (tmp_path / "ddp" / "eval.json").is_file() and (tmp_path / "ddp" / "encoder.pt").is_file()
+
+
+def test_torchrun_exits_zero_after_a_run_without_evaluation_and_with_the_error_status_after_a_fault(tmp_path):
+    """Schedulers read the exit status: a run that trained is 0 whatever the path out, and a fault is the
+    CLI's own status 2 (torchrun may end the slower rank with SIGTERM once one has failed), never an abort."""
+    for attempt in range(3):
+        finished = torchrun(tmp_path, f"no-eval-{attempt}", "--no-eval")
+        assert finished.returncode == 0, finished.stderr[-3000:]
+        assert (tmp_path / f"no-eval-{attempt}" / "encoder.pt").is_file()
+    diverged = torchrun(tmp_path, "diverged", "optim.lr=1e30")  # non-finite losses at the first logged window
+    assert diverged.returncode != 0
+    assert "non-finite loss" in diverged.stderr and "exitcode: 2" in diverged.stderr, diverged.stderr[-3000:]
+    assert "SIGABRT" not in diverged.stderr and "exitcode  : -6" not in diverged.stderr, diverged.stderr[-3000:]
 
 
 def test_a_global_batch_that_does_not_split_over_the_processes_is_refused(tmp_path, monkeypatch):

@@ -13,6 +13,7 @@ import pytest
 
 import nocollapse.data.download as download
 import nocollapse.data.fashion_mnist as fashion_mnist
+import nocollapse.data.stl10 as stl10
 from nocollapse.data import DATA_DIR_ENV, download_dataset, load_dataset, write_idx
 from nocollapse.errors import UserError
 
@@ -22,6 +23,7 @@ def no_internet(monkeypatch):
     """A test that forgets base_url hits a refused local port instead of the real host."""
     monkeypatch.setattr(download, "FASHION_MNIST_URL", "http://127.0.0.1:9/")
     monkeypatch.setattr(download, "CIFAR_URL", "http://127.0.0.1:9/")
+    monkeypatch.setattr(download, "STL10_URL", "http://127.0.0.1:9/")
 
 
 class Server:
@@ -179,6 +181,50 @@ def test_cifar_archive_with_unexpected_entries_is_refused(server, tmp_path, entr
     with pytest.raises(UserError, match="unexpected entry"):
         download_dataset("cifar10", tmp_path / "to", base_url=server.url, files={"cifar-10-python.tar.gz": sha256(body)}, progress=False)
     assert not (tmp_path / "escape").exists() and not (tmp_path / "to" / "cifar-10-batches-py" / "link").exists()
+
+
+def test_stl10_official_table_is_well_formed():
+    assert list(download.STL10_SHA256) == [stl10.ARCHIVE] and "stl10" in download.DOWNLOADABLE
+    assert all(len(h) == 64 and int(h, 16) >= 0 for h in download.STL10_SHA256.values())
+
+
+def test_download_then_load_stl10(server, tmp_path):
+    images = np.random.default_rng(0).integers(0, 256, size=(3, 3, 96, 96), dtype=np.uint8)
+    files = {
+        "train_X.bin": np.ascontiguousarray(images.transpose(0, 1, 3, 2)).tobytes(),  # column-major, as the official files
+        "train_y.bin": bytes([1, 10, 4]),
+        "unlabeled_X.bin": bytes(2 * stl10.IMAGE_BYTES),
+        "class_names.txt": "".join(f"{n}\n" for n in stl10.CLASSES).encode(),
+    }
+    body = tarball({f"{stl10.FOLDER}/{name}": data for name, data in files.items()})
+    server.files = {stl10.ARCHIVE: body}
+    paths = download_dataset("stl10", tmp_path, base_url=server.url, files={stl10.ARCHIVE: sha256(body)}, progress=False)
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in paths) == sorted(f"{stl10.FOLDER}/{n}" for n in files)
+    train = stl10.load_stl10("train", tmp_path)  # the folder `--to` names is the one to pass as data_dir
+    assert train.labels.tolist() == [0, 9, 3] and train.images.load().numpy().tolist() == images.tolist()
+    assert len(stl10.load_stl10("unlabeled", tmp_path)) == 2
+
+    (tmp_path / stl10.FOLDER / "train_X.bin").write_bytes(b"cut")  # a damaged file is repaired from the verified archive
+    download_dataset("stl10", tmp_path, base_url=server.url, files={stl10.ARCHIVE: sha256(body)}, progress=False)
+    assert server.requests == [f"/{stl10.ARCHIVE}"]  # not downloaded again
+    assert (tmp_path / stl10.FOLDER / "train_X.bin").read_bytes() == files["train_X.bin"]
+
+
+def test_stl10_archive_with_unexpected_entries_is_refused(server, tmp_path):
+    body = tarball({f"{stl10.FOLDER}/train_X.bin": b"", "cifar-10-batches-py/train_y.bin": b"\x01"})
+    server.files = {stl10.ARCHIVE: body}
+    with pytest.raises(UserError, match="unexpected entry 'cifar-10-batches-py/train_y.bin'"):
+        download_dataset("stl10", tmp_path, base_url=server.url, files={stl10.ARCHIVE: sha256(body)}, progress=False)
+
+
+def test_interrupted_extraction_leaves_no_cut_short_file(server, tmp_path):
+    images = np.random.default_rng(0).integers(0, 256, size=20 * stl10.IMAGE_BYTES, dtype=np.uint8).tobytes()  # incompressible
+    body = tarball({f"{stl10.FOLDER}/unlabeled_X.bin": images})
+    body = body[: len(body) * 3 // 5]  # the archive ends inside the file: what an interrupted copy of it looks like
+    server.files = {stl10.ARCHIVE: body}
+    with pytest.raises(UserError, match="cannot extract"):
+        download_dataset("stl10", tmp_path, base_url=server.url, files={stl10.ARCHIVE: sha256(body)}, progress=False)
+    assert sorted(p.name for p in (tmp_path / stl10.FOLDER).iterdir()) == []  # neither the file nor its temporary copy
 
 
 DEBIAN = Path("/usr/share/datasets/fashion-mnist")

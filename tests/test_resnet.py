@@ -55,7 +55,7 @@ def test_width_scales_output_dim() -> None:
 
 def test_gradient_reaches_first_conv() -> None:
     torch.manual_seed(0)
-    net = resnet18(width=8, in_channels=1)  # zero_init_residual on: gradients must still flow via shortcuts
+    net = resnet18(width=8, in_channels=1, zero_init_residual=True)  # gradients must still flow via the shortcuts
     net(torch.randn(4, 1, 28, 28)).square().sum().backward()
     grad = net.stem[0].weight.grad
     assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0
@@ -64,7 +64,7 @@ def test_gradient_reaches_first_conv() -> None:
 @pytest.mark.parametrize("factory", [resnet18, resnet50])
 def test_zero_init_residual_blocks_start_as_shortcut(factory) -> None:
     torch.manual_seed(0)
-    net = factory(width=8)
+    net = factory(width=8, zero_init_residual=True)
     blocks = [m for m in net.modules() if isinstance(m, (BasicBlock, Bottleneck))]
     assert len(blocks) == (8 if factory is resnet18 else 16)
     for block in blocks:
@@ -75,9 +75,27 @@ def test_zero_init_residual_blocks_start_as_shortcut(factory) -> None:
         # With the residual branch's BN scale at 0 (and bias 0) the block is relu(shortcut(x)).
         torch.testing.assert_close(block(x), torch.relu(shortcut))
 
-    plain = factory(width=8, zero_init_residual=False)
+    plain = factory(width=8)  # off by default, as torchvision and BYOL's ResNet-18
     for block in (m for m in plain.modules() if isinstance(m, (BasicBlock, Bottleneck))):
         assert torch.all(block.last_bn.weight == 1)
+
+
+@pytest.mark.parametrize("overrides, zeroed", [([], False), (["model.zero_init_residual=false"], False), (["model.zero_init_residual=true"], True)])
+def test_model_zero_init_residual_reaches_the_resnet(monkeypatch: pytest.MonkeyPatch, overrides: list[str], zeroed: bool) -> None:
+    """The setting travels from the config through ``build_method`` to every block's last BatchNorm."""
+    from nocollapse.config import resolve_config
+    from nocollapse.methods import build_method
+
+    monkeypatch.setattr(nn.init, "kaiming_normal_", lambda tensor, **_: tensor)  # skip sampling 11 M weights: only the BNs matter
+    config = resolve_config("fmnist", ["model.backbone=resnet18", "model.projector_hidden=16", "model.projection_dim=8",
+                                       "model.predictor_hidden=16", *overrides])
+    assert config.model.zero_init_residual is zeroed
+    encoder = build_method(config, in_channels=1).encoder
+    blocks = [m for m in encoder.modules() if isinstance(m, BasicBlock)]
+    assert len(blocks) == 8
+    for block in blocks:
+        assert torch.all(block.last_bn.weight == 0) if zeroed else torch.all(block.last_bn.weight == 1)
+        assert torch.all(block.bn1.weight == 1)  # only the branch's last BN is zeroed
 
 
 def test_init() -> None:

@@ -88,20 +88,17 @@ def run_train(args: argparse.Namespace) -> None:
     config = resolve_config(args.preset, overrides)
     if args.resume:  # the run's own settings; only what cannot change its trajectory may be overridden
         config = resume_config(run_directory(config), overrides)
-    trainer = Trainer(config, resume=args.resume, progress=not args.quiet)
+    trainer = Trainer(config, resume=args.resume, progress=not args.quiet)  # a failure here leaves the group at exit (atexit)
     try:
         run_dir = trainer.fit()
         if trainer.dist.enabled:
-            # Tear down together: rank 0 finishes later (monitor, checkpoint, encoder), and a gloo process that
-            # left while another still held the group was seen to abort at exit (rarely, under load).
-            torch.distributed.barrier()
+            torch.distributed.barrier()  # rank 0 finishes later (monitor, checkpoint, encoder): the processes leave together
     except UserError:  # stopped by a fault: the report shows where and why, beside the curves up to it
         if not args.no_report and trainer.dist.is_main:
             write_run_report(trainer.run_dir)
         raise
     finally:
-        if trainer.dist.enabled:
-            torch.distributed.destroy_process_group()
+        trainer.close()  # leave the process group now, not at exit: rank 0 goes on to evaluate
     if not trainer.dist.is_main:
         return  # rank 0 evaluates and reports; the other processes are done
     if not args.no_eval:

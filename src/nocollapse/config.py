@@ -36,6 +36,7 @@ class ModelConfig:
     widths: tuple[int, ...] = (32, 64, 128, 256)  # convnet: channels per stage; each stage after the first halves the resolution
     depth: int = 1  # convnet: convs per stage
     stem: str = "cifar"  # resnets: cifar (3×3 stride 1, no max-pool; for 28–64 px) | imagenet (7×7 stride 2 + max-pool)
+    zero_init_residual: bool = False  # resnets: zero each residual block's last BN scale, so blocks start as their shortcut (off in torchvision, solo-learn's CIFAR recipes and BYOL's ResNet-18; SFRIK's code turns it on; may help very large batches)
     projector_hidden: int = 1024  # BYOL uses 4096 on ImageNet; a quarter is plenty for small encoders
     projection_dim: int = 128  # BYOL uses 256
     predictor_hidden: int = 1024  # BYOL predictor hidden width (d → h → d)
@@ -120,6 +121,7 @@ class EvalConfig:
     monitor_train_samples: int = 10000  # training images that form the monitor's kNN bank (all: 0); the final evaluation uses all
     linear_probe: bool = True  # train a linear classifier on frozen features in the final evaluation
     probe_epochs: int = 30  # linear-probe epochs (Adam, cosine); 30 keeps evaluation within the CPU budget, raise for final numbers
+    probe_min_steps: int = 1500  # the fewest linear-probe Adam steps: small labelled sets get more epochs (1,400 images give 2 steps an epoch); Fashion-MNIST's 30 epochs (1770 steps) are above it
     baselines: bool = True  # evaluate raw pixels and a randomly initialised encoder beside the trained one
 
 
@@ -129,7 +131,7 @@ class RunConfig:
     device: str = "auto"  # auto (cuda if available, else cpu) | cpu | cuda | cuda:N
     out_dir: str = "runs"  # runs are written to out_dir/name
     name: str = ""  # run directory name; empty: <preset>-<method>-seed<seed>
-    amp: bool = True  # bf16 autocast on CUDA (ignored on CPU, where bf16 is slower)
+    amp: bool = True  # bf16 autocast on CUDA for training and the epoch monitor (ignored on CPU, where bf16 is slower); losses and the final evaluation always run in float32
     channels_last: bool = True  # memory format of the conv nets: faster on CPU and on tensor cores
     compile: bool = False  # torch.compile the method (GPU; the first steps are slow while it compiles)
     log_every: int = 20  # steps between metric lines (each costs a device sync)
@@ -395,6 +397,7 @@ RULES: dict[str, Rule] = {
     "data.on_device": BOOL,
     "model.widths": tuple_of(integer(1), least=1, note=" (channels per convnet stage)"),
     "model.depth": integer(1),
+    "model.zero_init_residual": BOOL,
     "model.projector_hidden": integer(1),
     "model.projection_dim": integer(1),
     "model.predictor_hidden": integer(1),
@@ -435,6 +438,7 @@ RULES: dict[str, Rule] = {
     "eval.monitor_train_samples": integer(0, note=" (0: all)"),
     "eval.linear_probe": BOOL,
     "eval.probe_epochs": integer(1),
+    "eval.probe_min_steps": integer(0, note=" (0: exactly eval.probe_epochs)"),
     "eval.baselines": BOOL,
     "run.seed": integer(0, 2**63 - 1, note=" (torch.manual_seed takes 64 bits)"),
     "run.device": (_device, "one of: auto, cpu, cuda, cuda:N (N in 0..127), mps"),

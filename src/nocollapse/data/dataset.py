@@ -8,6 +8,8 @@ from pathlib import Path
 
 import torch
 
+from nocollapse.data.mapped import MappedImages
+
 # A data root that holds one folder per dataset (fashion-mnist/, cifar-10-batches-py/, ...).
 DATA_DIR_ENV = "NOCOLLAPSE_DATA_DIR"
 
@@ -16,21 +18,25 @@ DATA_DIR_ENV = "NOCOLLAPSE_DATA_DIR"
 # repr=False: the generated repr would print pixel tensors.
 @dataclass(eq=False, repr=False)
 class ImageDataset:
-    """A labelled image set held in memory as uint8 tensors.
+    """An image set as uint8 (N, C, H, W), labelled or not.
 
-    Small datasets (Fashion-MNIST 47 MB, CIFAR 150 MB) are kept whole, so the training loop can move them to
-    the training device once and index batches there instead of running a per-sample loader.
+    ``images`` is a tensor held in memory (Fashion-MNIST 47 MB, CIFAR 150 MB: the training loop moves it to
+    the device once and indexes batches there) or a :class:`~nocollapse.data.mapped.MappedImages`, rows of a
+    file read on demand (STL-10's 100k unlabelled images, a decoded image folder's cache), which indexes
+    the same way: ``images[index]`` is a uint8 tensor of those rows. ``labels`` is None for an unlabelled split.
     """
 
-    images: torch.Tensor  # (N, C, H, W) uint8, CPU, contiguous
-    labels: torch.Tensor  # (N,) int64, values in [0, len(classes))
-    classes: list[str]  # class names, index = label
+    images: torch.Tensor | MappedImages  # (N, C, H, W) uint8, CPU; a tensor is contiguous
+    labels: torch.Tensor | None  # (N,) int64, values in [0, len(classes)); None: unlabelled
+    classes: list[str]  # class names, index = label; empty when unlabelled
     name: str  # "<dataset>/<split>", e.g. "fashion-mnist/train"
 
     def __post_init__(self) -> None:
         # Programming errors, not user errors: a reader (or a test) built an inconsistent dataset.
-        if self.images.ndim != 4 or self.images.dtype != torch.uint8:
+        if len(self.images.shape) != 4 or self.images.dtype != torch.uint8:
             raise ValueError(f"images must be (N, C, H, W) uint8, got {tuple(self.images.shape)} {self.images.dtype}")
+        if self.labels is None:
+            return
         if self.labels.ndim != 1 or self.labels.dtype != torch.int64:
             raise ValueError(f"labels must be (N,) int64, got {tuple(self.labels.shape)} {self.labels.dtype}")
         if self.labels.shape[0] != self.images.shape[0]:
@@ -43,9 +49,18 @@ class ImageDataset:
     def __len__(self) -> int:
         return self.images.shape[0]
 
+    @property
+    def labelled(self) -> bool:
+        return self.labels is not None
+
+    def in_memory(self) -> torch.Tensor:
+        """All the images as one uint8 tensor (read whole from the file of mapped images)."""
+        return self.images if isinstance(self.images, torch.Tensor) else self.images.load()
+
     def __repr__(self) -> str:
         shape = "×".join(str(d) for d in self.images.shape)
-        return f"ImageDataset(name={self.name!r}, images={shape} uint8, classes={len(self.classes)})"
+        where = "" if isinstance(self.images, torch.Tensor) else ", mapped"
+        return f"ImageDataset(name={self.name!r}, images={shape} uint8{where}, classes={len(self.classes) if self.labelled else 'none'})"
 
 
 def candidate_dirs(data_dir: str | os.PathLike | None, subfolder: str) -> list[tuple[Path, str]]:

@@ -48,6 +48,7 @@ def score_features(
     knn_euclidean_k: Sequence[int] = (),
     probe: bool = True,
     probe_epochs: int = 30,
+    probe_min_steps: int = 1500,
     seed: int = 0,
     test_views: Tensor | None = None,
 ) -> RepresentationScores:
@@ -71,7 +72,7 @@ def score_features(
     if probe:
         linear = linear_probe(
             train_features, train_labels.to(device), test_features, test_labels.to(device),
-            num_classes=num_classes, epochs=probe_epochs, seed=seed, device=device,
+            num_classes=num_classes, epochs=probe_epochs, min_steps=probe_min_steps, seed=seed, device=device,
         )
         if num_classes <= 10:  # top-5 of 10 classes says little; report it where classes > 10 (SPEC §6)
             linear.pop("top5", None)

@@ -6,13 +6,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-
-def at_least_float32(x: Tensor) -> Tensor:
-    """``x`` in float32, or float64 if it already is: bf16/fp16 normalisation loses the small
-    differences these losses are made of."""
-    return x.to(torch.promote_types(x.dtype, torch.float32))
+from nocollapse.losses.precision import float32_loss
 
 
+@float32_loss
 def normalized_mse(prediction: Tensor, target: Tensor) -> Tensor:
     """Mean over the batch of ``‖p̂ − ẑ‖² = 2 − 2·cos(p, z)``.
 
@@ -23,11 +20,12 @@ def normalized_mse(prediction: Tensor, target: Tensor) -> Tensor:
     Returns:
         A scalar in [0, 4], computed in float32 at least, also under autocast.
     """
-    p = F.normalize(at_least_float32(prediction), dim=-1)
-    z = F.normalize(at_least_float32(target), dim=-1)
+    p = F.normalize(prediction, dim=-1)
+    z = F.normalize(target, dim=-1)
     return (2 - 2 * (p * z).sum(dim=-1)).mean()
 
 
+@float32_loss
 def byol_loss(predictions: Tensor, targets: Tensor) -> Tensor:
     """Symmetrised BYOL loss over M ≥ 2 views.
 
@@ -38,6 +36,9 @@ def byol_loss(predictions: Tensor, targets: Tensor) -> Tensor:
     Args:
         predictions: (M, N, d) online predictions, one row block per view.
         targets: (M, N, d) target projections of the same views (detached by the caller).
+
+    Returns:
+        A scalar, computed in float32 at least, also under autocast.
     """
     if predictions.ndim != 3 or predictions.shape != targets.shape or predictions.shape[0] < 2:
         raise ValueError(
@@ -45,8 +46,8 @@ def byol_loss(predictions: Tensor, targets: Tensor) -> Tensor:
             f"got {tuple(predictions.shape)} and {tuple(targets.shape)}"
         )
     views = predictions.shape[0]
-    p = F.normalize(at_least_float32(predictions), dim=-1)
-    z = F.normalize(at_least_float32(targets), dim=-1)
+    p = F.normalize(predictions, dim=-1)
+    z = F.normalize(targets, dim=-1)
     # mean_cos[i, j] = mean_n cos(p_i[n], z_j[n]) for every view pair at once.
     mean_cos = torch.einsum("ind,jnd->ij", p, z) / p.shape[1]
     # The pairs i ≠ j: all of them less the diagonal (a boolean mask would cost a host sync on a GPU).

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from nocollapse.losses.byol import at_least_float32
+from nocollapse.losses.precision import float32_loss
 
 POWERS = (0, 1, 2)
 DISTANCES = ("euclidean", "angular")
@@ -39,6 +39,7 @@ def _block_energy(neurons: Tensor, start: int, *, block: int, power: int, distan
     return _pair_energies(cos, power=power, distance=distance, eps=eps).masked_fill(self_pairs, 0).sum()
 
 
+@float32_loss
 def hyperspherical_energy(weight: Tensor, *, power: int = 2, distance: str = "euclidean", half_space: bool = False,
                           eps: float = 1e-6, block_size: int = 1024) -> Tensor:
     """Mean pairwise energy of the n neurons of one layer's weight.
@@ -62,6 +63,10 @@ def hyperspherical_energy(weight: Tensor, *, power: int = 2, distance: str = "eu
         weight: (n, ...) a conv or linear weight; n ≥ 2 neurons.
         power: s ∈ {0, 1, 2}.
         distance: ``"euclidean"`` or ``"angular"``.
+
+    Returns:
+        A scalar, float32 at least (autocast is off inside: in bf16 the cosines of close neurons round
+        to 1, and their energy to the ``eps`` clamp's).
     """
     if power not in POWERS:
         raise ValueError(f"power={power} is not one of {POWERS}")
@@ -69,7 +74,7 @@ def hyperspherical_energy(weight: Tensor, *, power: int = 2, distance: str = "eu
         raise ValueError(f"distance={distance!r} is not one of {DISTANCES}")
     if weight.ndim < 2 or weight.shape[0] < 2:
         raise ValueError(f"hyperspherical_energy wants a weight with n >= 2 neurons along dim 0, got shape {tuple(weight.shape)}")
-    neurons = F.normalize(at_least_float32(weight).flatten(1), dim=1)  # (n, fan_in)
+    neurons = F.normalize(weight.flatten(1), dim=1)  # (n, fan_in)
     if half_space:
         neurons = torch.cat([neurons, -neurons])
     n = neurons.shape[0]

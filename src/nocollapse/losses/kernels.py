@@ -42,7 +42,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 from torch.utils.checkpoint import checkpoint
 
-from nocollapse.losses.byol import at_least_float32
+from nocollapse.losses.precision import float32_loss
 
 PATHS = ("auto", "gram", "moments")
 MAX_MOMENT_DEGREE = 3
@@ -330,6 +330,7 @@ def kernel_uniformity_path(shape: tuple[int, ...], kernel: Kernel, *, requires_g
     return "moments" if moments < gram else "gram"
 
 
+@float32_loss
 def kernel_uniformity(embeddings: Tensor, kernel: Kernel, *, path: str = "auto", block_size: int = 1024,
                       max_moment_bytes: int = DEFAULT_MAX_MOMENT_BYTES) -> Tensor:
     """Kernel uniformity ``Ψ(Z) = (1/N²) Σ_{i,j} φ(ẑᵢᵀẑⱼ)`` of each view, averaged over the M views.
@@ -381,14 +382,13 @@ def kernel_uniformity(embeddings: Tensor, kernel: Kernel, *, path: str = "auto",
     elif path == "auto":
         path = kernel_uniformity_path(z.shape, kernel, requires_grad=requires_grad, dtype=z.dtype, block_size=block_size,
                                       max_moment_bytes=max_moment_bytes)
-    with torch.autocast(device_type=z.device.type, enabled=False):
-        u = F.normalize(at_least_float32(embeddings), dim=-1)
-        # unbind, not u[m]: each u[m]'s backward would write into a zero tensor of the full (M, N, q) size
-        u = [u] if u.ndim == 2 else u.unbind(0)  # M × (N, q)
-        if path == "moments":
-            per_view = [_moment_uniformity(view, kernel, block_size) for view in u]
-        elif requires_grad:
-            per_view = [_GramUniformity.apply(view, kernel, block_size) for view in u]
-        else:
-            per_view = [_gram_uniformity(view, kernel, block_size, None) for view in u]
-        return per_view[0] if views == 1 else torch.stack(per_view).mean()
+    u = F.normalize(embeddings, dim=-1)
+    # unbind, not u[m]: each u[m]'s backward would write into a zero tensor of the full (M, N, q) size
+    u = [u] if u.ndim == 2 else u.unbind(0)  # M × (N, q)
+    if path == "moments":
+        per_view = [_moment_uniformity(view, kernel, block_size) for view in u]
+    elif requires_grad:
+        per_view = [_GramUniformity.apply(view, kernel, block_size) for view in u]
+    else:
+        per_view = [_gram_uniformity(view, kernel, block_size, None) for view in u]
+    return per_view[0] if views == 1 else torch.stack(per_view).mean()

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from nocollapse.losses.byol import at_least_float32
+from nocollapse.losses.precision import float32_loss
 
 CENTROID_VARIANTS = ("per_view", "mean")
 
@@ -28,6 +28,7 @@ def _as_views(x: Tensor, name: str) -> Tensor:
     return x
 
 
+@float32_loss
 def multiview_centroid_loss(predictions: Tensor, targets: Tensor, *, variant: str = "per_view") -> Tensor:
     """Pull the online predictions of all M views of an image to the target embeddings' centroid.
 
@@ -53,8 +54,8 @@ def multiview_centroid_loss(predictions: Tensor, targets: Tensor, *, variant: st
                          f"got {tuple(predictions.shape)} and {tuple(targets.shape)}")
     if variant not in CENTROID_VARIANTS:
         raise ValueError(f"variant={variant!r} is not one of {CENTROID_VARIANTS}")
-    p = F.normalize(at_least_float32(predictions), dim=-1)
-    centroid = F.normalize(at_least_float32(targets.detach()), dim=-1).mean(dim=0)  # (N, d)
+    p = F.normalize(predictions, dim=-1)
+    centroid = F.normalize(targets.detach(), dim=-1).mean(dim=0)  # (N, d)
     if variant == "mean":
         return (p.mean(dim=0) - centroid).square().sum(dim=-1).mean()
     return (p - centroid).square().sum(dim=-1).mean()
@@ -63,6 +64,7 @@ def multiview_centroid_loss(predictions: Tensor, targets: Tensor, *, variant: st
 SINGULAR_VALUE_TARGETS = ("mean", "uniform")
 
 
+@float32_loss
 def singular_value_loss(embeddings: Tensor, *, target: str = "uniform", form: str = "auto") -> Tensor:
     """Spread of the batch covariance's eigenvalues around a flat spectrum: zero for an isotropic batch.
 
@@ -106,24 +108,24 @@ def singular_value_loss(embeddings: Tensor, *, target: str = "uniform", form: st
     num, dim = views.shape[1:]
     if num < 2:
         raise ValueError(f"singular_value_loss needs at least 2 embeddings per view, got {num}")
-    with torch.autocast(device_type=views.device.type, enabled=False):
-        z = F.normalize(at_least_float32(views), dim=-1)
-        z = z - z.mean(dim=1, keepdim=True)  # (M, N, d)
-        if form == "covariance" or (form == "auto" and dim <= num):
-            cov = z.transpose(1, 2) @ z / (num - 1)  # (M, d, d)
-            level = torch.diagonal(cov, dim1=1, dim2=2).mean(dim=1) if target == "mean" else torch.full(cov.shape[:1], 1 / dim, dtype=z.dtype, device=z.device)
-            per_view = (cov - level[:, None, None] * torch.eye(dim, dtype=z.dtype, device=z.device)).square().sum(dim=(1, 2))
-        else:
-            gram = z @ z.transpose(1, 2) / (num - 1)  # (M, N, N)
-            total = torch.diagonal(gram, dim1=1, dim2=2).sum(dim=1)  # Σλ = tr G = tr C
-            squares = gram.square().sum(dim=(1, 2))  # Σλ² = ‖G‖²_F = ‖C‖²_F
-            if target == "mean":  # Σλ² − 2λ̄Σλ + dλ̄² with λ̄ = Σλ/d
-                per_view = squares - total.square() / dim
-            else:  # Σλ² − 2Σλ/d + d/d²
-                per_view = squares - 2 * total / dim + 1 / dim
+    z = F.normalize(views, dim=-1)
+    z = z - z.mean(dim=1, keepdim=True)  # (M, N, d)
+    if form == "covariance" or (form == "auto" and dim <= num):
+        cov = z.transpose(1, 2) @ z / (num - 1)  # (M, d, d)
+        level = torch.diagonal(cov, dim1=1, dim2=2).mean(dim=1) if target == "mean" else torch.full(cov.shape[:1], 1 / dim, dtype=z.dtype, device=z.device)
+        per_view = (cov - level[:, None, None] * torch.eye(dim, dtype=z.dtype, device=z.device)).square().sum(dim=(1, 2))
+    else:
+        gram = z @ z.transpose(1, 2) / (num - 1)  # (M, N, N)
+        total = torch.diagonal(gram, dim1=1, dim2=2).sum(dim=1)  # Σλ = tr G = tr C
+        squares = gram.square().sum(dim=(1, 2))  # Σλ² = ‖G‖²_F = ‖C‖²_F
+        if target == "mean":  # Σλ² − 2λ̄Σλ + dλ̄² with λ̄ = Σλ/d
+            per_view = squares - total.square() / dim
+        else:  # Σλ² − 2Σλ/d + d/d²
+            per_view = squares - 2 * total / dim + 1 / dim
     return per_view.mean()
 
 
+@float32_loss
 def brownian_diffusive_loss(embeddings: Tensor, *, sigma: float = 1.0, generator: torch.Generator | None = None) -> Tensor:
     """A random kick for every embedding: ``L_BD = −mean_i ⟨ẑ_i, η_i⟩``, fresh ``η_i ~ N(0, σ²I)``.
 
@@ -143,6 +145,6 @@ def brownian_diffusive_loss(embeddings: Tensor, *, sigma: float = 1.0, generator
     """
     if sigma < 0:
         raise ValueError(f"sigma must be >= 0, got {sigma}")
-    z = F.normalize(at_least_float32(embeddings), dim=-1)
+    z = F.normalize(embeddings, dim=-1)
     noise = torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype) * sigma
     return -(z * noise).sum(dim=-1).mean()

@@ -7,7 +7,8 @@ embeddings are less uniform than contrastive ones (``SPEC.md`` §5). The same fu
 representation in evaluation (``SPEC.md`` §6).
 
 Every function takes the embeddings of M ≥ 1 views as (M, B, d) (or one view as (B, d)); row ``b``
-of every view comes from the same image. Computed in float32 at least, also under autocast.
+of every view comes from the same image. Computed in float32 at least, also under autocast
+(:func:`~nocollapse.losses.precision.float32_loss`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from nocollapse.losses.byol import at_least_float32
+from nocollapse.losses.precision import float32_loss
 
 
 def _normalized_views(embeddings: Tensor, name: str, *, min_views: int = 1) -> Tensor:
@@ -26,9 +27,10 @@ def _normalized_views(embeddings: Tensor, name: str, *, min_views: int = 1) -> T
     z = embeddings.unsqueeze(0) if embeddings.ndim == 2 else embeddings
     if z.ndim != 3 or z.shape[0] < min_views:
         raise ValueError(f"{name} wants (B, d) or (M, B, d) embeddings with M >= {min_views} views, got shape {tuple(embeddings.shape)}")
-    return F.normalize(at_least_float32(z), dim=-1)
+    return F.normalize(z, dim=-1)
 
 
+@float32_loss
 def uniformity_loss(embeddings: Tensor, *, t: float = 2.0) -> Tensor:
     """Uniformity ``log mean_{i≠j} exp(−t‖ẑᵢ − ẑⱼ‖²)`` within each view, averaged over the M views.
 
@@ -51,6 +53,7 @@ def uniformity_loss(embeddings: Tensor, *, t: float = 2.0) -> Tensor:
     return (torch.logsumexp(log_kernel, dim=1) - math.log(batch * (batch - 1))).mean()
 
 
+@float32_loss
 def alignment_loss(embeddings: Tensor, *, alpha: float = 2.0) -> Tensor:
     """Alignment ``mean ‖ẑ_m − ẑ_m'‖^α`` over the images and every pair of views m < m'.
 
@@ -67,6 +70,7 @@ def alignment_loss(embeddings: Tensor, *, alpha: float = 2.0) -> Tensor:
     return distances.pow(alpha).mean()
 
 
+@float32_loss
 def info_nce_loss(embeddings: Tensor, *, temperature: float = 0.2) -> Tensor:
     """InfoNCE / NT-Xent over the M·B normalised embeddings (SimCLR; ``SPEC.md`` §5).
 

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from nocollapse.errors import CollapseError
+from nocollapse.losses.precision import float32_loss
 
 
 class WhiteningError(CollapseError):
@@ -76,14 +77,10 @@ def check_whitening_shapes(batch_size: int, dim: int, w_size: int) -> None:
         )
 
 
-def _whitening_dtype(dtype: torch.dtype | None, x: Tensor) -> torch.dtype:
-    """The dtype the whitening maths runs in: ``dtype`` if given, else float32 at least (as BYOL's
-    ``at_least_float32``): a bf16/fp16 Cholesky of a covariance fails or loses the small eigenvalues."""
-    if dtype is None:
-        return torch.promote_types(x.dtype, torch.float32)
+def _check_whitening_dtype(dtype: torch.dtype) -> None:
+    """Refuse a dtype below float32: a bf16/fp16 Cholesky of a covariance fails or loses the small eigenvalues."""
     if not dtype.is_floating_point or torch.finfo(dtype).bits < 32:
         raise ValueError(f"whitening needs float32 or float64, got dtype={dtype}")
-    return dtype
 
 
 def _whiten_groups(x: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor]:
@@ -145,6 +142,7 @@ def _raise_if_failed(info: Tensor, cov: Tensor, eps: float, view_axis: bool) -> 
     )
 
 
+@float32_loss
 def whiten(x: Tensor, *, eps: float = 0.0) -> Tensor:
     """Cholesky whitening of one sub-batch (or a batch of them).
 
@@ -173,12 +171,12 @@ def whiten(x: Tensor, *, eps: float = 0.0) -> Tensor:
         raise ValueError(f"whiten wants (..., m, d) rows, got shape {tuple(x.shape)}")
     if not 0.0 <= eps <= 1.0:
         raise ValueError(f"eps must lie in [0, 1], got {eps}")
-    with torch.autocast(device_type=x.device.type, enabled=False):
-        z, cov, info = _whiten_groups(x.to(_whitening_dtype(None, x)), eps)
-        _raise_if_failed(info, cov, eps, view_axis=False)
+    z, cov, info = _whiten_groups(x, eps)
+    _raise_if_failed(info, cov, eps, view_axis=False)
     return z
 
 
+@float32_loss
 def whitened_mse(
     views: Tensor,
     *,
@@ -230,20 +228,18 @@ def whitened_mse(
         raise ValueError(f"w_iter must be at least 1, got {w_iter}")
     if not 0.0 <= eps <= 1.0:
         raise ValueError(f"eps must lie in [0, 1], got {eps}")
-    work_dtype = _whitening_dtype(dtype, views)
+    _check_whitening_dtype(dtype)
     groups = batch_size // w_size
 
-    # Autocast off: it would run the covariance matmul and the solve in bf16/fp16 again.
-    with torch.autocast(device_type=views.device.type, enabled=False):
-        x = views.to(work_dtype)
-        # One permutation per round, drawn in order from ``generator`` (reproducible with a seeded one).
-        perms = torch.stack(
-            [torch.randperm(batch_size, generator=generator, device=views.device) for _ in range(w_iter)]
-        )  # (w_iter, N)
-        grouped = x[:, perms].reshape(n_views, w_iter, groups, w_size, dim)  # (M, R, G, w, d)
-        z, cov, info = _whiten_groups(grouped, eps)
-        _raise_if_failed(info, cov, eps, view_axis=True)
-        z = F.normalize(z, dim=-1)  # (M, R, G, w, d); rows of the same image stay aligned across views
-        first, second = torch.triu_indices(n_views, n_views, offset=1, device=views.device)
-        cos = (z[first] * z[second]).sum(dim=-1)  # (P, R, G, w)
-        return (2 - 2 * cos).mean()
+    x = views.to(dtype)  # (M, N, d) in the dtype asked for, whatever the caller's
+    # One permutation per round, drawn in order from ``generator`` (reproducible with a seeded one).
+    perms = torch.stack(
+        [torch.randperm(batch_size, generator=generator, device=views.device) for _ in range(w_iter)]
+    )  # (w_iter, N)
+    grouped = x[:, perms].reshape(n_views, w_iter, groups, w_size, dim)  # (M, R, G, w, d)
+    z, cov, info = _whiten_groups(grouped, eps)
+    _raise_if_failed(info, cov, eps, view_axis=True)
+    z = F.normalize(z, dim=-1)  # (M, R, G, w, d); rows of the same image stay aligned across views
+    first, second = torch.triu_indices(n_views, n_views, offset=1, device=views.device)
+    cos = (z[first] * z[second]).sum(dim=-1)  # (P, R, G, w)
+    return (2 - 2 * cos).mean()

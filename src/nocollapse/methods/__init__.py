@@ -23,7 +23,8 @@ def build_method(config: Config, in_channels: int) -> Method:
     methods with an EMA target also have ``update_target(momentum)``.
     """
     model, method = config.model, config.method
-    encoder = build_backbone(model.backbone, in_channels=in_channels, widths=model.widths, depth=model.depth, stem=model.stem)
+    encoder = build_backbone(model.backbone, in_channels=in_channels, widths=model.widths, depth=model.depth, stem=model.stem,
+                             zero_init_residual=model.zero_init_residual)
     heads = {"projector_hidden": model.projector_hidden, "projection_dim": model.projection_dim, "predictor_hidden": model.predictor_hidden}
     built: Method
     if method.name == "byol":

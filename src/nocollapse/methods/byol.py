@@ -27,8 +27,9 @@ class BYOL(Method):
     def __init__(self, encoder: nn.Module, *, projector_hidden: int = 4096, projection_dim: int = 256, predictor_hidden: int = 4096) -> None:
         super().__init__()
         self.encoder = encoder
-        self.projector = mlp(encoder.output_dim, projector_hidden, projection_dim)
-        self.predictor = mlp(projection_dim, predictor_hidden, projection_dim)
+        # No output bias in either head, as DeepMind's MLP (``hk.Linear(output_size, with_bias=False)``).
+        self.projector = mlp(encoder.output_dim, projector_hidden, projection_dim, output_bias=False)
+        self.predictor = mlp(projection_dim, predictor_hidden, projection_dim, output_bias=False)
         self.target = EMATarget(nn.Sequential(self.encoder, self.projector))
 
     def branches(self, views: Tensor) -> tuple[Tensor, Tensor, Tensor]:

@@ -38,21 +38,22 @@ class SFRIK(Method):
         if projection_dim < 2:
             raise ValueError(f"SFRIK's embeddings live on the sphere S^(q-1) and need q >= 2, got projection_dim={projection_dim}")
         self.encoder = encoder
-        self.projector = mlp(encoder.output_dim, projector_hidden, projection_dim, num_layers=3)
+        # No output bias, as the official ``Projector`` (``nn.Linear(f[-2], f[-1], bias=False)``).
+        self.projector = mlp(encoder.output_dim, projector_hidden, projection_dim, num_layers=3, output_bias=False)
         self.kernel = GegenbauerKernel(tuple(kernel_weights))
         self.invariance, self.mmd = invariance, mmd
 
     def objective(self, views: Tensor) -> tuple[dict[str, Tensor], Tensor]:
         """``{"invariance": λ_inv·MSE, "mmd": λ_mmd·Ψ}`` and the (M, B, q) projections of (M, B, C, H, W) views.
 
-        The encoder sees each view on its own (BatchNorm statistics per view, as in the paper's
-        two forward passes), the projector all of them together.
+        Each view goes through the encoder and the projector on its own, so BatchNorm statistics are
+        per view, as in the official code's ``projector(backbone(x))`` once per view (one joint batch
+        would pool the views' statistics in the projector's BatchNorms).
         """
-        num_views, batch = views.shape[:2]
+        num_views = views.shape[0]
         if num_views < 2:
             raise ValueError(f"SFRIK needs at least 2 views per image, got {num_views} (set augment.num_views)")
-        features = torch.cat([self.encoder(v) for v in views])  # (M·B, D)
-        projections = self.projector(features).view(num_views, batch, -1)  # (M, B, q)
+        projections = torch.stack([self.projector(self.encoder(v)) for v in views])  # (M, B, q)
         dim = projections.shape[-1]
         return {"invariance": self.invariance * alignment_loss(projections) / dim,
                 "mmd": self.mmd * kernel_uniformity(self.gather_batch(projections), self.kernel)}, projections

@@ -30,7 +30,8 @@ class WMSE(Method):
         if w_size <= embedding_dim:
             raise ValueError(f"w_size={w_size} must exceed the embedding dimension {embedding_dim}")
         self.encoder = encoder
-        self.head = mlp(encoder.output_dim, head_hidden, embedding_dim)
+        # An output bias, as the official ``get_head`` (plain ``nn.Linear`` layers).
+        self.head = mlp(encoder.output_dim, head_hidden, embedding_dim, output_bias=True)
         self.embedding_dim, self.w_size, self.w_iter, self.eps = embedding_dim, w_size, w_iter, eps
 
     def objective(self, views: Tensor) -> tuple[dict[str, Tensor], Tensor]:

@@ -111,8 +111,9 @@ class ResNet(nn.Module):
         stem: ``"cifar"`` (3×3 stride 1, no max-pool; for 28–64 px images) or ``"imagenet"``
             (7×7 stride 2 + max-pool; for ≥ 96 px images).
         zero_init_residual: zero the scale of the last BN of every residual branch, so each block starts
-            as ``relu(shortcut(x))`` (Goyal et al. 2017); helps large-batch training, on by default as in
-            solo-learn and the BYOL code.
+            as ``relu(shortcut(x))`` (Goyal et al. 2017; may help very large batches). Off by default, as
+            in torchvision, solo-learn's CIFAR recipes and DeepMind's BYOL ResNet-18 (Haiku zero-inits only
+            the bottleneck blocks of its ResNet-50); SFRIK's code (VICReg's ResNet) turns it on.
         width: channels of the first stage; stages have ``width·(1, 2, 4, 8)·expansion`` channels.
 
     Attributes:
@@ -129,7 +130,7 @@ class ResNet(nn.Module):
         *,
         in_channels: int = 3,
         stem: Literal["cifar", "imagenet"] = "cifar",
-        zero_init_residual: bool = True,
+        zero_init_residual: bool = False,
         width: int = 64,
     ) -> None:
         super().__init__()

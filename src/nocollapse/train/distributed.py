@@ -7,10 +7,22 @@ values, kernel MMD, uniformity, InfoNCE) see it through :func:`gather_views`, an
 backward hands each process the summed gradient of its own rows; DDP then averages the parameter
 gradients over the processes, which together gives exactly the gradient of one process on the global
 batch.
+
+Teardown. A process must leave the group while its interpreter is still whole: gloo's worker threads
+hold each collective's tensors until they drop the finished work, and a tensor whose Python object
+died first needs the GIL to be freed; a thread asking for the GIL while Python finalises is ended
+(``pthread_exit``) inside a ``noexcept`` destructor, which is ``std::terminate`` — "terminate called
+without an active exception", SIGABRT, a non-zero exit after a run that succeeded. Measured here: two
+gloo processes that all-reduce and exit without destroying the group abort 13 times in 40.
+:func:`init_distributed` therefore registers :func:`shutdown_distributed` with ``atexit`` (which runs
+before finalisation, on every exit path: success, an error, SIGTERM, Ctrl-C), and the trainer calls it
+once its DDP wrapper, which keeps the group alive through its reducer, is released.
 """
 
 from __future__ import annotations
 
+import atexit
+import gc
 import os
 from dataclasses import dataclass
 
@@ -52,7 +64,22 @@ def init_distributed(device_type: str) -> Distributed:
         if backend == "nccl" and not dist.is_nccl_available():
             raise UserError("run.device is CUDA but this torch build has no NCCL; run with run.device=cpu (gloo)")
         dist.init_process_group(backend)
+        atexit.register(shutdown_distributed)
     return Distributed(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def shutdown_distributed() -> None:
+    """Destroy the process group, and so join gloo's threads, while Python can still free what they hold.
+
+    Objects that still reference the group (a DDP wrapper's reducer, a finished collective's work) are
+    collected first, so that destroying the group drops its last reference and its threads are joined
+    now, not during finalisation. Safe to call more than once, and without a group.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    gc.collect()
+    dist.destroy_process_group()
+    gc.collect()
 
 
 class _GatherRows(torch.autograd.Function):

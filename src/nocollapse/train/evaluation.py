@@ -57,12 +57,14 @@ def evaluate_run(
     in_channels = train_set.images.shape[1]
     # Positive pairs for alignment, in [0, 1]: the same views for every row, flattened for raw pixels.
     views = positive_views(test_set.images, config.augment, device=device_)
-    forward_settings = {"mean": config.augment.mean, "std": config.augment.std, "amp": config.run.amp}
+    # float32 whatever run.amp says: bf16 moved kNN by up to 0.2 points (eval/features.py), and a run's table
+    # should not depend on the device that scored it; these forward passes are a small part of a run.
+    forward_settings = {"mean": config.augment.mean, "std": config.augment.std, "amp": False}
 
     def score(name: str, train_features: torch.Tensor, test_features: torch.Tensor, test_views: torch.Tensor) -> RepresentationScores:
         row = score_features(name, train_features, train_set.labels, test_features, test_set.labels, num_classes=classes,
                              knn_k=e.knn_k, knn_temperature=e.knn_temperature, knn_euclidean_k=e.knn_euclidean_k, probe=e.linear_probe,
-                             probe_epochs=e.probe_epochs, seed=config.run.seed, test_views=test_views)
+                             probe_epochs=e.probe_epochs, probe_min_steps=e.probe_min_steps, seed=config.run.seed, test_views=test_views)
         log(f"  scored {name} in {row.seconds:.1f}s")
         return row
 

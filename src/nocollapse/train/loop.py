@@ -30,7 +30,7 @@ from nocollapse.eval.knn import knn_accuracy
 from nocollapse.methods import build_method
 from nocollapse.train.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint, save_json, save_safetensors
 from nocollapse.train.collapse import CollapseWatch
-from nocollapse.train.distributed import gather_views, init_distributed, mean_over_processes
+from nocollapse.train.distributed import gather_views, init_distributed, mean_over_processes, shutdown_distributed
 from nocollapse.train.optim import build_optimizer, describe_param_groups, split_param_groups
 from nocollapse.train.progress import Progress
 from nocollapse.train.runinfo import environment
@@ -364,6 +364,14 @@ class Trainer:
                 "backbone": m.backbone, "widths": ",".join(map(str, m.widths)), "depth": str(m.depth), "stem": str(m.stem),
                 "in_channels": str(self.train_set.images.shape[1]), "method": self.config.method.name})
         return self.run_dir
+
+    def close(self) -> None:
+        """Leave the process group (under torchrun; nothing otherwise), first releasing the DDP wrapper, whose
+        reducer keeps the group and its gloo threads alive (see :mod:`nocollapse.train.distributed`). The
+        trained method stays usable; training again needs a new Trainer."""
+        self.compute_losses = self.method
+        if self.dist.enabled:
+            shutdown_distributed()
 
     def _train(self) -> None:
         cfg = self.config
