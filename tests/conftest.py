@@ -41,3 +41,11 @@ def write_tiny_fashion_mnist(directory: Path, train: int = 128, test: int = 64, 
 @pytest.fixture
 def tiny_data(tmp_path: Path) -> Path:
     return write_tiny_fashion_mnist(tmp_path / "data")
+
+
+@pytest.fixture(autouse=True)
+def image_cache(tmp_path_factory, monkeypatch) -> Path:
+    """Each test decodes image folders into a cache of its own, never the user's ~/.cache."""
+    directory = tmp_path_factory.mktemp("image-cache")
+    monkeypatch.setenv("NOCOLLAPSE_CACHE_DIR", str(directory))
+    return directory

@@ -25,9 +25,14 @@ from nocollapse.rules import BOOL, Rule, first_violation, integer, one_of, real,
 
 @dataclass
 class DataConfig:
-    dataset: str = "fashion-mnist"  # fashion-mnist | cifar10 | cifar100 | image-folder
+    dataset: str = "fashion-mnist"  # fashion-mnist | cifar10 | cifar100 | stl10 | image-folder (DIR/unlabeled/**, and/or DIR/train/<class>/ with DIR/test/<class>/)
     data_dir: str | None = None  # where the files are; None searches $NOCOLLAPSE_DATA_DIR, then the system copy
-    on_device: bool = True  # keep the uint8 training set on the training device (small datasets: no loader on the hot path)
+    image_size: int = 0  # image folders: the side every image is centre-cropped and resized to (0: 32; photos: 64, 96, 128 or 224); built-in datasets keep their own
+    pretrain_splits: tuple[str, ...] = ()  # what the method trains on (labels unused); empty: unlabeled where there is one, else train. STL-10's protocol: unlabeled,train
+    on_device: bool = True  # keep the uint8 pretraining images on the training device when they are held whole (no loader on the hot path)
+    stream: str = "auto"  # auto: the pretraining images are held whole when they take under a quarter of the memory (RAM, or the GPU's with on_device), else read from disk each step ahead of it | memory | disk
+    cache_dir: str | None = None  # where image folders are decoded once (uint8 .npy + index.json, reused while the folder is unchanged); none: $NOCOLLAPSE_CACHE_DIR, else ~/.cache/nocollapse
+    skip_unreadable: bool = False  # image folders: leave out files that cannot be decoded (listed in RUN_DIR/skipped_files.txt and the log) instead of stopping
 
 
 @dataclass
@@ -35,7 +40,7 @@ class ModelConfig:
     backbone: str = "convnet"  # convnet (fast on CPU) | resnet18 | resnet34 | resnet50
     widths: tuple[int, ...] = (32, 64, 128, 256)  # convnet: channels per stage; each stage after the first halves the resolution
     depth: int = 1  # convnet: convs per stage
-    stem: str = "cifar"  # resnets: cifar (3×3 stride 1, no max-pool; for 28–64 px) | imagenet (7×7 stride 2 + max-pool)
+    stem: str = "auto"  # resnets: auto (cifar up to 64 px, imagenet above) | cifar (3×3 stride 1, no max-pool; for 28–64 px) | imagenet (7×7 stride 2 + max-pool)
     zero_init_residual: bool = False  # resnets: zero each residual block's last BN scale, so blocks start as their shortcut (off in torchvision, solo-learn's CIFAR recipes and BYOL's ResNet-18; SFRIK's code turns it on; may help very large batches)
     projector_hidden: int = 1024  # BYOL uses 4096 on ImageNet; a quarter is plenty for small encoders
     projection_dim: int = 128  # BYOL uses 256
@@ -180,6 +185,8 @@ class Config:
 FMNIST_STATS = {"mean": (0.2860,), "std": (0.3530,)}
 CIFAR10_STATS = {"mean": (0.4914, 0.4822, 0.4465), "std": (0.2470, 0.2435, 0.2616)}
 CIFAR100_STATS = {"mean": (0.5071, 0.4865, 0.4409), "std": (0.2673, 0.2564, 0.2762)}
+STL10_STATS = {"mean": (0.43, 0.42, 0.39), "std": (0.27, 0.26, 0.27)}  # W-MSE's code
+IMAGENET_STATS = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}  # photos in general
 
 # Each preset is a set of overrides on the defaults above, written as on the command line.
 FMNIST_DATA = {"data.dataset": "fashion-mnist", "augment.mean": FMNIST_STATS["mean"], "augment.std": FMNIST_STATS["std"]}
@@ -227,6 +234,16 @@ PRESETS: dict[str, dict[str, Any]] = {
     # SFRIK (SPEC §4) on the default run's data, augmentation and budget; q = 2048 (the paper: 32768 on ImageNet).
     "fmnist-sfrik": {**FMNIST_BYOL, "method.name": "sfrik", "model.projection_dim": 2048},
     "fmnist-wmse4": {**FMNIST_WMSE, "augment.num_views": 4, "optim.epochs": 3, "optim.batch_size": 64, "method.wmse.w_size": 64, "model.projection_dim": 32},
+    # Your own photos at 96 px (DIR/unlabeled/**, and train/<class>/ + test/<class>/ to score them): BYOL on a ResNet-18
+    # (ImageNet stem at this size), ImageNet's statistics and augmentation; a GPU recipe (2 CPU cores: try data.image_size=64).
+    "folder-96": {**RESNET18_BYOL_HEADS, "data.dataset": "image-folder", "data.image_size": 96, "augment.mean": IMAGENET_STATS["mean"],
+                  "augment.std": IMAGENET_STATS["std"], "augment.crop_scale": (0.2, 1.0), "optim.batch_size": 256, "optim.epochs": 200,
+                  "optim.warmup_epochs": 10, "eval.monitor_every": 10},
+    # STL-10 as in W-MSE's paper: pretraining on unlabeled + train (105k images), kNN and linear probe train → test; W-MSE 2's
+    # settings on a ResNet-18 at the native 96 px (the paper crops to 64 px).
+    "stl10": {**WMSE, "data.dataset": "stl10", "data.pretrain_splits": ("unlabeled", "train"), "augment.mean": STL10_STATS["mean"],
+              "augment.std": STL10_STATS["std"], "model.backbone": "resnet18", "model.projection_dim": 128, "method.wmse.w_size": 256,
+              "optim.batch_size": 256, "optim.epochs": 500, "optim.warmup_epochs": 2, "eval.monitor_every": 25},
     "cifar10": {**CIFAR_BYOL, "data.dataset": "cifar10", "augment.mean": CIFAR10_STATS["mean"], "augment.std": CIFAR10_STATS["std"]},
     "cifar100": {**CIFAR_BYOL, "data.dataset": "cifar100", "augment.mean": CIFAR100_STATS["mean"], "augment.std": CIFAR100_STATS["std"]},
     # W-MSE 2 / 4 on CIFAR-10 as published: ResNet-18, batch 512 / 256, 1000 epochs, 500-step warm-up (≈ 5 / 2.5 epochs).
@@ -350,9 +367,10 @@ def unknown_key_message(key: str) -> str:
 # (warm-up within the epochs, W-MSE's sub-batches) are checked after every key passed its own rule.
 # The keys that name one of a few choices.
 CHOICES: dict[str, tuple[Any, ...]] = {
-    "data.dataset": ("fashion-mnist", "cifar10", "cifar100", "image-folder"),
+    "data.dataset": ("fashion-mnist", "cifar10", "cifar100", "stl10", "image-folder"),
+    "data.stream": ("auto", "memory", "disk"),
     "model.backbone": ("convnet", "resnet18", "resnet34", "resnet50"),
-    "model.stem": ("cifar", "imagenet"),
+    "model.stem": ("auto", "cifar", "imagenet"),
     "method.name": ("byol", "wmse", "msbreg", "sfrik"),
     "method.msbreg.centroid": ("per_view", "mean"),
     "regularizers.singular_value_target": ("mean", "uniform"),
@@ -395,6 +413,11 @@ RULES: dict[str, Rule] = {
     "data.data_dir": ((lambda v: v is None or _path(v)),
                       "a directory path without NUL bytes, or none to search $NOCOLLAPSE_DATA_DIR, then the system copy"),
     "data.on_device": BOOL,
+    "data.image_size": integer(0, 1024, note=" (pixels per side; 0: the dataset's own, 32 for image folders)"),
+    "data.pretrain_splits": (lambda v: isinstance(v, tuple) and all(x in ("unlabeled", "train", "test") for x in v) and len(set(v)) == len(v),
+                             "comma-separated distinct splits out of unlabeled, train, test (none: unlabeled where the dataset has it, else train)"),
+    "data.cache_dir": ((lambda v: v is None or _path(v)), "a directory path without NUL bytes, or none for $NOCOLLAPSE_CACHE_DIR, else ~/.cache/nocollapse"),
+    "data.skip_unreadable": BOOL,
     "model.widths": tuple_of(integer(1), least=1, note=" (channels per convnet stage)"),
     "model.depth": integer(1),
     "model.zero_init_residual": BOOL,

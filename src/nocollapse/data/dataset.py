@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -30,6 +30,7 @@ class ImageDataset:
     labels: torch.Tensor | None  # (N,) int64, values in [0, len(classes)); None: unlabelled
     classes: list[str]  # class names, index = label; empty when unlabelled
     name: str  # "<dataset>/<split>", e.g. "fashion-mnist/train"
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason) of images left out (data.skip_unreadable)
 
     def __post_init__(self) -> None:
         # Programming errors, not user errors: a reader (or a test) built an inconsistent dataset.

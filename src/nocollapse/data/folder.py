@@ -1,17 +1,20 @@
-"""Your own images: ``DIR/train/<class>/*.png`` and ``DIR/test/<class>/*.png``, decoded with Pillow.
+"""Your own images: ``DIR/unlabeled/**`` (any nesting, no labels) and/or ``DIR/train/<class>/**`` and
+``DIR/test/<class>/**`` (labelled, for evaluation), decoded with Pillow.
 
 Every image is decoded once, centre-cropped to a square and resized to ``image_size`` (so aspect ratios are kept,
-not squashed), and stored as uint8 like the built-in datasets. Channels: 1 (mode "L") when every image of
-both splits is grayscale, otherwise 3 (RGB; grayscale images are repeated over the channels, alpha is dropped).
-Both splits are inspected so that train and test always agree on the channel count (the encoder is built from
-the training set and evaluated on the test set); reading only the other split's headers keeps that cheap.
+not squashed), into a uint8 cache on disk (:mod:`nocollapse.data.cache`) that later runs reuse and training
+reads row by row, so a collection need not fit in memory. Channels: 1 (mode "L") when every image of every
+split is grayscale, otherwise 3 (RGB; grayscale images are repeated over the channels, alpha is dropped).
+All splits are inspected so that they always agree on the channel count (the encoder is built from the
+pretraining split and evaluated on the others); only their headers are read, and only when a cache is built.
 
 Any Pillow mode loads: palette images take their palette colours, CMYK is converted to RGB, bilevel images
 become 0/255, 16/32-bit integer grayscale is scaled from 0..65535, and 32-bit float grayscale ("F", TIFF) is
 read as 0..1 when all its values lie in [0, 1] (the usual float-image convention), otherwise as 0..255
-(Pillow's). Animated GIFs and multi-page TIFFs give their first frame. Files Pillow cannot read are never
-skipped, since that would silently change the dataset: they are all collected and reported in one error, so
-that one pass fixes them all.
+(Pillow's). Animated GIFs and multi-page TIFFs give their first frame. Files Pillow cannot read are not skipped
+silently, since that would change the dataset unseen: they are all collected and reported in one error, so
+that one pass fixes them all, or, with ``skip_unreadable``, left out and listed in ``ImageDataset.skipped``
+(the trainer writes them to the run directory and the log).
 """
 
 from __future__ import annotations
@@ -23,13 +26,17 @@ from typing import Any
 import numpy as np
 import torch
 
+from nocollapse.data.cache import cached_images, default_cache_dir, file_records, folder_digest
 from nocollapse.data.dataset import ImageDataset
 from nocollapse.errors import UserError
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 # Pillow modes that carry no colour; "I" and "I;16*" are 16/32-bit grayscale (16-bit PNGs), "F" 32-bit float.
 GRAYSCALE_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
-_LAYOUT = f"expected DIR/train/<class>/<image> and DIR/test/<class>/<image> ({', '.join(e[1:] for e in EXTENSIONS)})"
+FOLDER_SPLITS = ("unlabeled", "train", "test")
+MAX_IMAGE_SIZE = 1024  # pixels: larger sides are a mistyped setting (a 1024² RGB image is 3 MB per row of the cache)
+_LAYOUT = (f"expected DIR/unlabeled/**/<image> (any nesting, no labels) and/or DIR/train/<class>/<image> with DIR/test/<class>/<image> "
+           f"({', '.join(e[1:] for e in EXTENSIONS)})")
 _MAX_LISTED = 10  # unreadable files named in the error; the rest are counted
 
 
@@ -53,6 +60,18 @@ def class_names(root: str | os.PathLike) -> list[str]:
     return names
 
 
+def _image_files(folder: Path) -> list[Path]:
+    """Every image file under ``folder``, recursively (hidden files and folders skipped), sorted for a stable order."""
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in EXTENSIONS and (p.is_file() or p.is_symlink())
+                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+
+
+def folder_splits(data_dir: str | os.PathLike) -> list[str]:
+    """The splits of FOLDER_SPLITS that ``data_dir`` holds as folders."""
+    root = Path(os.path.expanduser(os.fspath(data_dir)))
+    return [split for split in FOLDER_SPLITS if (root / split).is_dir()]
+
+
 def _list_images(split_dir: Path, classes: list[str]) -> list[tuple[Path, int]]:
     """(file, label) for every image under ``split_dir/<class>/`` (recursively), sorted for a stable order.
 
@@ -65,9 +84,7 @@ def _list_images(split_dir: Path, classes: list[str]) -> list[tuple[Path, int]]:
         if folder.name not in index:
             raise UserError(f"{folder} is a class that {split_dir.parent / 'train'} does not have; "
                             "both splits must use the training classes (labels are their sorted order)")
-        files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in EXTENSIONS and (p.is_file() or p.is_symlink())
-                       and not any(part.startswith(".") for part in p.relative_to(folder).parts))
-        found += [(path, index[folder.name]) for path in files]
+        found += [(path, index[folder.name]) for path in _image_files(folder)]
     return found
 
 
@@ -77,9 +94,9 @@ def _pillow_errors(Image: Any) -> tuple[type[BaseException], ...]:
     return (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 
-def _reason(Image: Any, path: Path, error: BaseException) -> str:
+def _reason(path: Path, error: BaseException) -> str:
     """Why ``path`` could not be read, in words (Pillow's own messages repeat the path or name no cause)."""
-    from PIL import UnidentifiedImageError
+    from PIL import Image, UnidentifiedImageError
 
     if isinstance(error, Image.DecompressionBombError):
         return (f"{error} Downscale the image, or if you trust the file raise PIL.Image.MAX_IMAGE_PIXELS before loading "
@@ -95,15 +112,16 @@ def _reason(Image: Any, path: Path, error: BaseException) -> str:
     return str(error) or type(error).__name__
 
 
-def _unreadable_error(root: Path, unreadable: dict[Path, str]) -> UserError:
+def _unreadable_error(root: Path, unreadable: dict[Path, str], *, skippable: bool) -> UserError:
     """One error naming every unreadable file (the first _MAX_LISTED of them), so one pass fixes them all."""
     paths = sorted(unreadable)
     lines = [f"  {path}: {unreadable[path]}" for path in paths[:_MAX_LISTED]]
     if len(paths) > _MAX_LISTED:
         lines.append(f"  and {len(paths) - _MAX_LISTED} more")
     count = "1 image file" if len(paths) == 1 else f"{len(paths)} image files"
-    return UserError(f"{count} under {root} cannot be read:\n" + "\n".join(lines) + "\n"
-                     "Delete or replace them (they are not skipped, since that would silently change the dataset).")
+    fix = ("Delete or replace them, or set data.skip_unreadable=true to leave them out (listed in the run directory and the log)"
+           if skippable else "None of the images can be read: check the folder (not images, or the wrong folder)")
+    return UserError(f"{count} under {root} cannot be read:\n" + "\n".join(lines) + "\n" + fix + ".")
 
 
 def _mode(Image: Any, path: Path) -> str:
@@ -123,12 +141,12 @@ def _to_grayscale_uint8(Image: Any, image: Any) -> Any:
     return Image.fromarray(np.clip(scaled + 0.5, 0, 255).astype(np.uint8))
 
 
-def _decode(Image: Any, path: Path, image_size: int, mode: str) -> np.ndarray:
+def _decode(path: Path, image_size: int, mode: str) -> np.ndarray:
     """One image as (S, S) uint8 for ``mode`` "L" or (S, S, 3) for "RGB", centre-cropped and resized to S = image_size.
 
-    Raises Pillow's errors (see :func:`_pillow_errors`); the caller collects them per file.
+    Raises Pillow's errors (see :func:`_pillow_errors`); the cache's decoding processes collect them per file.
     """
-    from PIL import ImageOps
+    from PIL import Image, ImageOps
 
     with Image.open(path) as image:
         image.load()  # decode now, so truncated files fail here (ImageFile.LOAD_TRUNCATED_IMAGES stays off)
@@ -143,52 +161,62 @@ def _decode(Image: Any, path: Path, image_size: int, mode: str) -> np.ndarray:
         return np.asarray(image, dtype=np.uint8)
 
 
-def load_image_folder(split: str, data_dir: str | os.PathLike | None, *, image_size: int = 32) -> ImageDataset:
-    """Read ``data_dir/<split>/<class>/*`` as (N, C, image_size, image_size) uint8; C is 1 or 3 (see module doc).
+def load_image_folder(split: str, data_dir: str | os.PathLike | None, *, image_size: int = 32, cache_dir: str | os.PathLike | None = None,
+                      skip_unreadable: bool = False, progress: bool = True, log: Any = print) -> ImageDataset:
+    """Read ``data_dir/<split>`` (FOLDER_SPLITS) as (N, C, image_size, image_size) uint8 images from its cache
+    (built in ``cache_dir``, default :func:`~nocollapse.data.cache.default_cache_dir`, when missing or stale);
+    C is 1 or 3 (see the module doc).
 
-    Class names are the sorted folder names of ``data_dir/train``; a test folder may lack some classes but
-    may not add new ones. Unreadable files (of this split, or whose header fails in the other split) raise
-    one UserError that lists them all.
+    ``unlabeled`` has no labels; ``train`` and ``test`` are labelled by the sorted class folder names of
+    ``data_dir/train`` (a test folder may lack some classes but may not add new ones). Unreadable files raise
+    one UserError that lists them all, or with ``skip_unreadable`` are left out and listed in ``skipped``.
     """
     if data_dir is None:
         raise UserError(f"the image-folder dataset needs a folder: pass --data-dir DIR (data.data_dir=DIR); {_LAYOUT}")
-    if not isinstance(image_size, int) or isinstance(image_size, bool) or image_size < 1:
-        raise UserError(f"image_size must be a positive integer, got {image_size!r}")
-    Image = _import_pillow()
-    errors = _pillow_errors(Image)
+    if not isinstance(image_size, int) or isinstance(image_size, bool) or not 1 <= image_size <= MAX_IMAGE_SIZE:
+        raise UserError(f"data.image_size={image_size!r}: must be an integer from 1 to {MAX_IMAGE_SIZE} (pixels per side)")
+    if split not in FOLDER_SPLITS:
+        raise UserError(f"unknown split {split!r} of an image folder; choose one of {', '.join(FOLDER_SPLITS)}")
+    _import_pillow()
     root = Path(os.path.expanduser(os.fspath(data_dir)))
-    classes = class_names(root)
-    split_dir = root / split
-    if not split_dir.is_dir():
-        raise UserError(f"{split_dir} is not a folder; {_LAYOUT}")
-    files = _list_images(split_dir, classes)
-    if not files:
-        raise UserError(f"no images in {split_dir} (hidden files and other extensions are ignored); {_LAYOUT}")
-    other_dir = root / ("test" if split == "train" else "train")
-    other = _list_images(other_dir, classes) if other_dir.is_dir() else []
-    unreadable: dict[Path, str] = {}
-    modes: list[str] = []
-    for path, _ in files + other:
-        try:
-            modes.append(_mode(Image, path))
-        except errors as error:
-            unreadable[path] = _reason(Image, path, error)
-    mode = "L" if all(m in GRAYSCALE_MODES for m in modes) else "RGB"
-    decoded: list[np.ndarray] = []
-    for path, _ in files:
-        if path in unreadable:
-            continue
-        try:
-            decoded.append(_decode(Image, path, image_size, mode))
-        except errors as error:
-            unreadable[path] = _reason(Image, path, error)
-    if unreadable:
-        raise _unreadable_error(root, unreadable)
-    images = np.stack(decoded)
-    images = images[:, None] if mode == "L" else images.transpose(0, 3, 1, 2)  # (N, 1, S, S) or (N, 3, S, S)
-    return ImageDataset(
-        images=torch.from_numpy(np.ascontiguousarray(images)),
-        labels=torch.tensor([label for _, label in files], dtype=torch.int64),
-        classes=classes,
-        name=f"image-folder/{split}",
-    )
+    if not root.is_dir():
+        raise UserError(f"{root} is not a folder; {_LAYOUT}")
+    present = folder_splits(root)
+    if "test" in present and "train" not in present:
+        raise UserError(f"{root} has test/ but no train/: the labelled splits go together (the kNN bank and the linear probe "
+                        "fit on train/ and score on test/); add train/<class>/ or remove test/")
+    if not present:
+        raise UserError(f"{root} holds neither unlabeled/ nor train/; {_LAYOUT}")
+    if split not in present:
+        raise UserError(f"{root / split} is not a folder; {_LAYOUT}")
+    classes = class_names(root) if "train" in present else []
+    listed = {name: ([(path, None) for path in _image_files(root / name)] if name == "unlabeled" else _list_images(root / name, classes))
+              for name in present}
+    if not listed[split]:
+        raise UserError(f"no images in {root / split} (hidden files and other extensions are ignored); {_LAYOUT}")
+    records = {name: file_records(root, [path for path, _ in entries]) for name, entries in listed.items()}
+    files = [path for path, _ in listed[split]]
+
+    def choose_mode() -> str:
+        from PIL import Image
+
+        modes = []
+        for entries in listed.values():
+            for path, _ in entries:
+                try:
+                    modes.append(_mode(Image, path))
+                except _pillow_errors(Image):
+                    pass  # its decode fails too, and is reported there
+        return "L" if all(m in GRAYSCALE_MODES for m in modes) else "RGB"
+
+    from PIL import Image
+
+    images, rows, unreadable = cached_images(
+        root, split, files, records[split], digest=folder_digest(records), image_size=image_size, choose_mode=choose_mode,
+        cache_dir=Path(cache_dir).expanduser() if cache_dir else default_cache_dir(), decode=_decode, reason=_reason,
+        errors=_pillow_errors(Image), progress=progress, log=log)
+    if unreadable and not (skip_unreadable and rows):
+        raise _unreadable_error(root, {root / path: why for path, why in unreadable.items()}, skippable=bool(rows))
+    labels = None if split == "unlabeled" else torch.tensor([listed[split][row][1] for row in rows], dtype=torch.int64)
+    return ImageDataset(images=images, labels=labels, classes=[] if split == "unlabeled" else classes, name=f"image-folder/{split}",
+                        skipped=[(str(root / path), why) for path, why in sorted(unreadable.items())])

@@ -83,7 +83,12 @@ class MappedImages:
                 raise IndexError(f"index {int(index)} is out of range for {len(self)} images")
             return self._read_run(position, 1)[0]
         else:
-            rows = index.cpu().numpy() if isinstance(index, torch.Tensor) else np.asarray(index, dtype=np.int64 if len(index) == 0 else None)
+            if isinstance(index, torch.Tensor):
+                rows = index.cpu().numpy()
+            else:
+                rows = np.asarray([int(i) if isinstance(i, torch.Tensor) else i for i in index], dtype=np.int64 if len(index) == 0 else None)
+            if rows.dtype == np.bool_ and rows.shape == (len(self),):  # a mask, as a tensor takes it
+                rows = np.flatnonzero(rows)
             if rows.ndim != 1 or not np.issubdtype(rows.dtype, np.integer):
                 raise IndexError(f"index images with a 1-D array of integers, got {rows.dtype} of shape {rows.shape}")
             rows = np.where(rows < 0, rows + len(self), rows)

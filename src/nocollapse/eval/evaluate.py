@@ -97,7 +97,7 @@ def format_geometry_table(rows: Sequence[tuple[str, GeometryScores]], *, title: 
     """A plain-text table of (name, geometry) rows: dim, alignment, uniformity, RankMe, separability, std."""
     header = ["representation", "dim", "alignment", "uniformity", "RankMe", "separability", "std"]
     lines = [[name, str(g.dim), "-" if g.alignment is None else f"{g.alignment:.3f}", f"{g.uniformity:.3f}", f"{g.rankme:.1f}",
-              f"{g.separability:.3f}", f"{g.std:.4f}"] for name, g in rows]
+              "-" if g.separability is None else f"{g.separability:.3f}", f"{g.std:.4f}"] for name, g in rows]
     return _render(header, lines, title)
 
 

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from nocollapse.errors import UserError
 from nocollapse.eval.checks import check_geometry_split
 from nocollapse.losses.uniformity import alignment_loss, uniformity_loss
 
@@ -115,7 +116,7 @@ class GeometryScores:
 
     ``alignment`` (None when no positive pairs were given) and ``uniformity`` follow Wang & Isola
     (lower is better for both; uniformity ≈ −4 when spread, 0 when collapsed); ``rankme`` lies in
-    [1, min(N, dim)]; ``separability`` > 1 when classes stand apart; ``std`` ≈ 1/√dim when spread, 0
+    [1, min(N, dim)]; ``separability`` > 1 when classes stand apart (None for unlabelled images); ``std`` ≈ 1/√dim when spread, 0
     when collapsed; ``spectrum`` holds the singular values RankMe is computed from, descending.
     """
 
@@ -123,7 +124,7 @@ class GeometryScores:
     alignment: float | None
     uniformity: float
     rankme: float
-    separability: float
+    separability: float | None
     std: float
     spectrum: list[float]
 
@@ -136,14 +137,15 @@ class GeometryScores:
     def summary(self) -> str:
         """One short line for a training log."""
         alignment = "-" if self.alignment is None else f"{self.alignment:.3f}"
+        separability = "-" if self.separability is None else f"{self.separability:.3f}"
         return (f"align {alignment} unif {self.uniformity:.3f} RankMe {self.rankme:.1f}/{self.dim} "
-                f"sep {self.separability:.3f} std {self.std:.4f}")
+                f"sep {separability} std {self.std:.4f}")
 
 
 @torch.no_grad()
 def geometry_scores(
     features: Tensor,
-    labels: Tensor,
+    labels: Tensor | None,
     *,
     views: Tensor | None = None,
     uniformity_samples: int = UNIFORMITY_SAMPLES,
@@ -160,14 +162,17 @@ def geometry_scores(
 
     Args:
         features: (N, dim) floating-point embeddings of the test images, N ≥ 2.
-        labels: (N,) integer class labels of those images.
+        labels: (N,) integer class labels of those images, or None (unlabelled: no separability).
         views: (M, B, dim) embeddings of M augmented views of B images, or None.
         uniformity_samples: rows for uniformity, ≥ 2.
 
     Raises :class:`~nocollapse.errors.UserError` when the features hold NaN or Inf, or when the labels
     give too few rows or classes for the scores (:func:`~nocollapse.eval.checks.check_geometry_split`).
     """
-    if features.ndim == 2 and labels.ndim == 1:  # wrong shapes are the caller's mistake (ValueError below); too small a split is the data's
+    if labels is None:
+        if features.ndim == 2 and features.shape[0] < 2:
+            raise UserError(f"geometry: {features.shape[0]} image(s); uniformity and the spread need at least 2")
+    elif features.ndim == 2 and labels.ndim == 1:  # wrong shapes are the caller's mistake (ValueError below); too small a split is the data's
         check_geometry_split(features, labels)
     _check_features(features, "geometry_scores")
     if uniformity_samples < 2:
@@ -186,7 +191,7 @@ def geometry_scores(
         alignment=None if views is None else float(alignment_loss(views.detach())),
         uniformity=float(uniformity_loss(subset)),
         rankme=_rankme_of_spectrum(sigma, RANKME_EPS),
-        separability=class_separability(features, labels),
+        separability=None if labels is None else class_separability(features, labels),
         std=embedding_std(features),
         spectrum=sigma.tolist(),
     )

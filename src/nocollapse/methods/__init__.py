@@ -14,9 +14,10 @@ from nocollapse.nn.backbones import build_backbone
 __all__ = ["BYOL", "MSBReg", "Method", "REGULARIZERS", "SFRIK", "WMSE", "build_method"]
 
 
-def build_method(config: Config, in_channels: int) -> Method:
+def build_method(config: Config, in_channels: int, image_size: int = 32) -> Method:
     """The method named by ``config.method.name`` on the backbone named by ``config.model.backbone``,
-    with the regularizers whose weight in ``config.regularizers`` is not 0 attached.
+    with the regularizers whose weight in ``config.regularizers`` is not 0 attached; ``image_size`` (the
+    images' side) settles ``model.stem=auto``.
 
     A method's ``forward(views, generator)`` takes (M, B, C, H, W) views and returns a dict of loss
     terms whose ``"loss"`` entry is minimised; its ``encoder`` attribute is what evaluation uses;
@@ -24,7 +25,7 @@ def build_method(config: Config, in_channels: int) -> Method:
     """
     model, method = config.model, config.method
     encoder = build_backbone(model.backbone, in_channels=in_channels, widths=model.widths, depth=model.depth, stem=model.stem,
-                             zero_init_residual=model.zero_init_residual)
+                             zero_init_residual=model.zero_init_residual, image_size=image_size)
     heads = {"projector_hidden": model.projector_hidden, "projection_dim": model.projection_dim, "predictor_hidden": model.predictor_hidden}
     built: Method
     if method.name == "byol":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+import time
 from pathlib import Path
 
 import torch
@@ -10,6 +11,8 @@ import torch.nn.functional as F
 
 from nocollapse.config import Config
 from nocollapse.data import ImageDataset, load_dataset
+from nocollapse.data.prefetch import concatenate
+from nocollapse.data.registry import dataset_splits
 from nocollapse.errors import UserError
 from nocollapse.eval.evaluate import RepresentationScores, format_geometry_table, format_table, score_features
 from nocollapse.eval.features import encoder_features, pixel_features, positive_views, view_features
@@ -17,7 +20,7 @@ from nocollapse.eval.geometry import UNIFORMITY_SAMPLES, GeometryScores, geometr
 from nocollapse.methods import Method, build_method
 from nocollapse.nn.backbones import build_backbone
 from nocollapse.train.checkpoint import load_checkpoint, save_checkpoint, save_json
-from nocollapse.train.loop import CHECKPOINT, load_run_config, select_device
+from nocollapse.train.loop import CHECKPOINT, Trainer, load_run_config, select_device, unlabelled_probe
 
 EVAL_FILE = "eval.json"
 EMBEDDINGS_FILE = "test_embeddings.pt"
@@ -50,18 +53,32 @@ def evaluate_run(
     if not weights.is_file():
         raise UserError(f"{run_dir} has no encoder.pt: the run has not finished; `nocollapse train --resume` it first")
     device_ = select_device(device or config.run.device)
-    train_set = train_set or load_dataset(config.data.dataset, "train", config.data.data_dir)
-    test_set = test_set or load_dataset(config.data.dataset, "test", config.data.data_dir)
+    d = config.data
+    available = dataset_splits(d.dataset, d.data_dir)
+    load = lambda split: Trainer._held(load_dataset(d.dataset, split, d.data_dir, image_size=d.image_size, cache_dir=d.cache_dir,
+                                                    skip_unreadable=d.skip_unreadable, log=log))
+    train_set = train_set or (load("train") if "train" in available else None)
+    test_set = test_set or (load("test") if "test" in available else None)
+    labelled = train_set is not None and test_set is not None
+    if test_set is None:  # geometry only, of the pretraining images the monitor followed
+        splits = d.pretrain_splits or (("unlabeled",) if "unlabeled" in available else ("train",))
+        pretrain = concatenate([load_dataset(d.dataset, split, d.data_dir, image_size=d.image_size, cache_dir=d.cache_dir,
+                                             skip_unreadable=d.skip_unreadable, log=log).images for split in splits])
+        test_set = ImageDataset(images=unlabelled_probe(pretrain, config.run.seed), labels=None, classes=[], name=f"{d.dataset}/pretraining")
     e = config.eval
-    classes = len(train_set.classes)
-    in_channels = train_set.images.shape[1]
+    classes = len(train_set.classes) if labelled else 0
+    in_channels, image_size = test_set.images.shape[1], test_set.images.shape[-1]
     # Positive pairs for alignment, in [0, 1]: the same views for every row, flattened for raw pixels.
     views = positive_views(test_set.images, config.augment, device=device_)
     # float32 whatever run.amp says: bf16 moved kNN by up to 0.2 points (eval/features.py), and a run's table
     # should not depend on the device that scored it; these forward passes are a small part of a run.
     forward_settings = {"mean": config.augment.mean, "std": config.augment.std, "amp": False}
 
-    def score(name: str, train_features: torch.Tensor, test_features: torch.Tensor, test_views: torch.Tensor) -> RepresentationScores:
+    def score(name: str, train_features: torch.Tensor | None, test_features: torch.Tensor, test_views: torch.Tensor) -> RepresentationScores:
+        if not labelled:
+            started = time.perf_counter()
+            geometry = geometry_scores(test_features, None, views=test_views)
+            return RepresentationScores(name, test_features.shape[1], {}, seconds=time.perf_counter() - started, geometry=geometry)
         row = score_features(name, train_features, train_set.labels, test_features, test_set.labels, num_classes=classes,
                              knn_k=e.knn_k, knn_temperature=e.knn_temperature, knn_euclidean_k=e.knn_euclidean_k, probe=e.linear_probe,
                              probe_epochs=e.probe_epochs, probe_min_steps=e.probe_min_steps, seed=config.run.seed, test_views=test_views)
@@ -73,7 +90,8 @@ def evaluate_run(
         encoder.to(device_)
         features = lambda images: encoder_features(encoder, images, device=device_, **forward_settings)
         test_features = features(test_set.images)
-        return score(name, features(train_set.images), test_features, view_features(encoder, views, **forward_settings)), test_features
+        train_features = features(train_set.images) if labelled else None
+        return score(name, train_features, test_features, view_features(encoder, views, **forward_settings)), test_features
 
     def projection_row(name: str, method: Method) -> tuple[str, GeometryScores]:
         method.to(device_)
@@ -84,25 +102,27 @@ def evaluate_run(
     model = config.model
     rows, projection_rows = [], []
     if e.baselines:
-        rows.append(score("raw pixels", pixel_features(train_set.images).to(device_), pixel_features(test_set.images).to(device_),
+        rows.append(score("raw pixels", pixel_features(train_set.images).to(device_) if labelled else None, pixel_features(test_set.images).to(device_),
                           pixel_views(views, test_set.images.shape[-2:]).flatten(2)))
         # The trained run started from exactly this initialisation: training seeds the RNG, then builds the method.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.run.seed)
-            initial = build_method(config, in_channels)
+            initial = build_method(config, in_channels, image_size)
         rows.append(encoder_rows(f"random {model.backbone}", initial.encoder)[0])
         projection_rows.append(projection_row(f"random {config.method.name} projections", initial))
-    trained = build_backbone(model.backbone, in_channels=in_channels, widths=model.widths, depth=model.depth, stem=model.stem)
+    trained = build_backbone(model.backbone, in_channels=in_channels, widths=model.widths, depth=model.depth, stem=model.stem,
+                             zero_init_residual=model.zero_init_residual, image_size=image_size)
     try:
         trained.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     except Exception as error:
         raise UserError(f"cannot load {weights} ({type(error).__name__}: {error}); the file is damaged or from another architecture") from None
     trained_row, trained_test_features = encoder_rows(f"{config.method.name} {config.model.backbone}", trained)
     rows.append(trained_row)
-    save_test_embeddings(run_dir / EMBEDDINGS_FILE, trained_test_features, test_set, seed=config.run.seed)
+    if labelled:  # the report colours its map by class
+        save_test_embeddings(run_dir / EMBEDDINGS_FILE, trained_test_features, test_set, seed=config.run.seed)
     checkpoint = run_dir / CHECKPOINT
     if checkpoint.is_file():
-        method = build_method(config, in_channels)
+        method = build_method(config, in_channels, image_size)
         try:
             method.load_state_dict(load_checkpoint(checkpoint)["method"])
         except (KeyError, RuntimeError) as error:
@@ -112,10 +132,14 @@ def evaluate_run(
     else:
         log(f"  no {CHECKPOINT} in {run_dir}: the projections of the trained method are not scored")
 
-    log(format_table(rows, title=f"{config.data.dataset} test split, top-1 accuracy (%)"))
+    if labelled:
+        log(format_table(rows, title=f"{config.data.dataset} test split, top-1 accuracy (%)"))
+    else:
+        log(f"no accuracy: it needs labelled train/ and test/ splits ({d.dataset} here has {', '.join(available) or 'none'}); "
+            f"the geometry below is of {len(test_set)} pretraining images")
     tested = len(test_set)
     log(format_geometry_table([(row.name, row.geometry) for row in rows] + projection_rows,
-                              title=f"{config.data.dataset} test split, geometry of test embeddings (alignment: {views.shape[1]} images × "
+                              title=f"{config.data.dataset} {'test split' if test_set.labelled else 'pretraining images'}, geometry of their embeddings (alignment: {views.shape[1]} images × "
                                     f"{views.shape[0]} views; uniformity: {min(tested, UNIFORMITY_SAMPLES)} of {tested} images)"))
     save_json(run_dir / EVAL_FILE, {"dataset": config.data.dataset, "rows": [row.to_dict() for row in rows],
                                     "projections": [{"name": name, "dim": g.dim, "geometry": g.to_dict()} for name, g in projection_rows]})

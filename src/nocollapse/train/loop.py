@@ -8,8 +8,10 @@ resumed from any checkpoint replays exactly the batches and views of an uninterr
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,24 +23,28 @@ from torch.nn.parallel import DistributedDataParallel
 
 from nocollapse.augment.views import ViewGenerator
 from nocollapse.config import Config, flatten, set_value, validate
-from nocollapse.data import load_dataset
+from nocollapse.data import ImageDataset, load_dataset
+from nocollapse.data.prefetch import Prefetcher, concatenate
+from nocollapse.data.registry import dataset_splits
 from nocollapse.errors import CollapseError, NonFiniteStep, TrainingStopped, UserError
 from nocollapse.eval.checks import check_geometry_split
 from nocollapse.eval.features import encoder_features, positive_views, view_features
 from nocollapse.eval.geometry import geometry_scores
 from nocollapse.eval.knn import knn_accuracy
 from nocollapse.methods import build_method
+from nocollapse.nn.backbones import resolve_stem
 from nocollapse.train.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint, save_json, save_safetensors
 from nocollapse.train.collapse import CollapseWatch
 from nocollapse.train.distributed import gather_views, init_distributed, mean_over_processes, shutdown_distributed
 from nocollapse.train.optim import build_optimizer, describe_param_groups, split_param_groups
-from nocollapse.train.progress import Progress
+from nocollapse.progress import Progress
 from nocollapse.train.runinfo import environment
 from nocollapse.train.schedules import ema_momentum, warmup_cosine, warmup_step_decay
 from nocollapse.train.signals import GracefulStop
 from nocollapse.train.tensorboard import TensorBoardLog
 
 CHECKPOINT = "checkpoint.pt"
+UNLABELLED_PROBE_IMAGES = 2048  # pretraining images whose geometry the monitor follows when there is no test split
 METRICS = "metrics.jsonl"
 
 
@@ -100,6 +106,14 @@ def resume_config(run_dir: Path, overrides: list[str]) -> Config:
     return config
 
 
+def unlabelled_probe(images: Any, seed: int) -> Tensor:
+    """A fixed subset (drawn from ``seed``) of UNLABELLED_PROBE_IMAGES pretraining images, on the CPU: what the
+    monitor and the evaluation measure the geometry of when there is no test split."""
+    rows = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:UNLABELLED_PROBE_IMAGES].sort().values
+    device = images.device if isinstance(images, Tensor) else "cpu"
+    return images[rows.to(device)].cpu()
+
+
 def _seeded(generator: torch.Generator, *parts: int) -> torch.Generator:
     """Reseed ``generator`` from integers: cheap, and exact on resume (no generator state to carry)."""
     seed = 0
@@ -127,13 +141,10 @@ class Trainer:
             raise UserError(f"{self.run_dir} already holds a run; pass --resume to continue it, or set run.name=NEW to start another")
 
         torch.manual_seed(config.run.seed)
-        self.train_set = load_dataset(config.data.dataset, "train", config.data.data_dir)
-        self.test_set = load_dataset(config.data.dataset, "test", config.data.data_dir)
+        self._load_data()
         self._check_data()
-        images = self.train_set.images
-        self.train_images = images.to(self.device) if config.data.on_device else images.pin_memory() if self.device.type == "cuda" else images
-
-        self.method = build_method(config, in_channels=images.shape[1]).to(self.device)
+        images = self.pretrain_images
+        self.method = build_method(config, in_channels=images.shape[1], image_size=images.shape[-1]).to(self.device)
         if self.dist.enabled:
             if config.distributed.gather:
                 self.method.gather_batch = gather_views
@@ -148,10 +159,11 @@ class Trainer:
                                          eta=o.eta, clip=o.lars_clip, trust_denominator=o.lars_trust)
         self.views = ViewGenerator(config.augment)
         self.local_batch = o.batch_size // self.dist.world_size
-        self.steps_per_epoch = len(self.train_set) // o.batch_size
+        self.steps_per_epoch = len(self.pretrain_images) // o.batch_size
         self.total_steps = self.steps_per_epoch * o.epochs
         self.warmup_steps = round(o.warmup_epochs * self.steps_per_epoch)
         self.step = 0
+        self._permutation: tuple[int, Tensor] | None = None  # (epoch, its order of the pretraining images)
         self.skipped_steps = 0  # steps skipped for a non-finite loss or gradient (run.max_skipped_steps)
         self.last_skipped_step = -1
         self.collapse_watch = CollapseWatch(config.model.projection_dim)
@@ -171,20 +183,88 @@ class Trainer:
             if config.run.tensorboard:
                 self.tensorboard = TensorBoardLog(self.run_dir / "tensorboard")
 
+    def _load_data(self) -> None:
+        """The pretraining images (``data.pretrain_splits``), held whole or streamed from disk (``data.stream``), and the
+        labelled train and test splits that the monitor and the evaluation score, where the dataset has them."""
+        d = self.config.data
+        available = dataset_splits(d.dataset, d.data_dir)
+        splits = d.pretrain_splits or (("unlabeled",) if "unlabeled" in available else ("train",))
+        missing = [split for split in splits if split not in available]
+        if missing and available:
+            raise UserError(f"data.pretrain_splits={','.join(splits)}: {d.dataset} has no {', '.join(missing)} split here; its splits: "
+                            f"{', '.join(available)}")
+        loaded: dict[str, ImageDataset] = {}
+
+        def load(split: str) -> ImageDataset:
+            if split not in loaded:
+                loaded[split] = load_dataset(d.dataset, split, d.data_dir, image_size=d.image_size, cache_dir=d.cache_dir,
+                                             skip_unreadable=d.skip_unreadable, progress=self.show_progress, log=self.log)
+            return loaded[split]
+
+        # Under torchrun one process per node decodes a folder's cache; the others wait for it, then read it.
+        first = not self.dist.enabled or self.dist.local_rank == 0
+        if not first:
+            torch.distributed.barrier()
+        try:
+            self.pretrain_sets = [load(split) for split in splits]
+            self.train_set = self._held(load("train")) if "train" in available else None
+            self.test_set = self._held(load("test")) if "test" in available else None
+        finally:
+            if first and self.dist.enabled:
+                torch.distributed.barrier()
+        self.skipped_files = [entry for dataset in loaded.values() for entry in dataset.skipped]
+        source = concatenate([dataset.images for dataset in self.pretrain_sets])
+        self.streaming = d.stream == "disk" or (d.stream == "auto" and not self._fits_in_memory(source))
+        if self.streaming:
+            self.pretrain_images = source
+        else:
+            images = source if isinstance(source, torch.Tensor) else source.load()
+            self.pretrain_images = images.to(self.device) if d.on_device else images.pin_memory() if self.device.type == "cuda" else images
+        self.images_on_device = not self.streaming and d.on_device
+
+    @staticmethod
+    def _held(dataset: ImageDataset) -> ImageDataset:
+        """``dataset`` with its images in memory: the labelled splits are encoded whole by every evaluation."""
+        if isinstance(dataset.images, torch.Tensor):
+            return dataset
+        return ImageDataset(images=dataset.in_memory(), labels=dataset.labels, classes=dataset.classes, name=dataset.name,
+                            skipped=dataset.skipped)
+
+    def _fits_in_memory(self, images: Any) -> bool:
+        """Whether ``images`` take under a quarter of the memory they would be held in (the GPU's, or RAM)."""
+        size = math.prod(images.shape)
+        if isinstance(images, torch.Tensor):
+            return True  # already held
+        if self.config.data.on_device and self.device.type == "cuda":
+            return size < torch.cuda.mem_get_info(self.device)[0] / 4
+        try:
+            return size < os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 4
+        except (ValueError, OSError, AttributeError):  # not a POSIX system: stream, the safe choice
+            return False
+
     def _check_data(self) -> None:
-        n = len(self.train_set)
+        n = len(self.pretrain_images)
         batch, processes = self.config.optim.batch_size, self.dist.world_size
         if n < batch:
-            raise UserError(f"optim.batch_size={batch} exceeds the {n} training images; lower it")
+            raise UserError(f"optim.batch_size={batch} exceeds the {n} pretraining images; lower it")
         if batch % processes or batch // processes < 2:
             raise UserError(f"optim.batch_size={batch} (the global batch) must split into equal sub-batches of at least 2 over the "
                             f"{processes} processes; use a multiple of {processes}")
         # Refused before training rather than at the first monitor or the final evaluation.
-        check_geometry_split(torch.zeros(len(self.test_set), 1), self.test_set.labels)  # only the labels matter here
-        channels = self.train_set.images.shape[1]
+        if self.test_set is not None:
+            check_geometry_split(torch.zeros(len(self.test_set), 1), self.test_set.labels)  # only the labels matter here
+            if self.test_set.images.shape[1:] != self.pretrain_images.shape[1:]:
+                raise UserError(f"the test images are {tuple(self.test_set.images.shape[1:])} but the pretraining images "
+                                f"{tuple(self.pretrain_images.shape[1:])}: the splits must agree")
+        channels = self.pretrain_images.shape[1]
         if self.config.augment.mean and len(self.config.augment.mean) != channels:
             raise UserError(f"augment.mean has {len(self.config.augment.mean)} values but the images have {channels} channels: give "
                             f"augment.mean and augment.std {channels} values each, or clear both (augment.mean= augment.std=) to train unnormalised")
+
+    @property
+    def labelled(self) -> bool:
+        """Whether accuracy can be measured: a labelled train split for the kNN bank and the probe, and a test split."""
+        return self.train_set is not None and self.test_set is not None
 
     # ---- state -------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -359,10 +439,10 @@ class Trainer:
         if self.dist.is_main:
             encoder = self.method.encoder.state_dict()
             save_checkpoint(self.run_dir / "encoder.pt", encoder)
-            m = self.config.model
+            m, shape = self.config.model, self.pretrain_images.shape
             save_safetensors(self.run_dir / "encoder.safetensors", encoder, metadata={
-                "backbone": m.backbone, "widths": ",".join(map(str, m.widths)), "depth": str(m.depth), "stem": str(m.stem),
-                "in_channels": str(self.train_set.images.shape[1]), "method": self.config.method.name})
+                "backbone": m.backbone, "widths": ",".join(map(str, m.widths)), "depth": str(m.depth), "stem": resolve_stem(m.stem, shape[-1]),
+                "in_channels": str(shape[1]), "image_size": str(shape[-1]), "method": self.config.method.name})
         return self.run_dir
 
     def close(self) -> None:
@@ -375,27 +455,30 @@ class Trainer:
 
     def _train(self) -> None:
         cfg = self.config
-        self.log(f"training {cfg.method.name} on {cfg.data.dataset} ({len(self.train_set)} images) with a {cfg.model.backbone} on {self.device}: "
+        splits = "+".join(dataset.name.split("/")[-1] for dataset in self.pretrain_sets)
+        read = "streamed from disk" if self.streaming else "in memory"
+        self.log(f"training {cfg.method.name} on {cfg.data.dataset} {splits} ({len(self.pretrain_images)} images of "
+                 f"{'×'.join(map(str, self.pretrain_images.shape[1:]))}, {read}) with a {cfg.model.backbone} on {self.device}: "
                  f"{cfg.optim.epochs} epochs × {self.steps_per_epoch} steps of {cfg.optim.batch_size}, {cfg.optim.name} lr {self.base_lr:.4g}")
         self.log(describe_param_groups(self.param_groups))
-        order_rng = torch.Generator()
+        self._write_skipped_files()
+        if not self.labelled:
+            self.log("no labelled train/ and test/ splits: the monitor and the evaluation report the geometry only (accuracy needs both)")
         view_rng = torch.Generator(device=self.device)
         noise_rng = torch.Generator(device=self.device)
         progress = Progress(self.total_steps, "train", enabled=self.show_progress, start=self.step)
         totals: dict[str, Tensor] = {}
         window_start, window_steps = time.perf_counter(), 0
-        permutation = None
-        with GracefulStop(enabled=not self.dist.enabled) as stop:
+        prefetch = Prefetcher(self.pretrain_images, self._batch_index, self.step, self.total_steps,
+                              pin=self.device.type == "cuda") if self.streaming else None
+        with GracefulStop(enabled=not self.dist.enabled) as stop, prefetch or contextlib.nullcontext():
             while self.step < self.total_steps:
-                epoch, position = divmod(self.step, self.steps_per_epoch)
-                if permutation is None or position == 0:
-                    permutation = torch.randperm(len(self.train_set), generator=_seeded(order_rng, cfg.run.seed, epoch))
-                    # On-device data is indexed on the device; host data by a host index (no sync either way).
-                    permutation = permutation.to(self.device) if cfg.data.on_device else permutation
-                index = permutation[position * cfg.optim.batch_size : (position + 1) * cfg.optim.batch_size]
-                # This process's contiguous slice of the global batch: gathered in rank order, the slices are the batch.
-                index = index[self.dist.rank * self.local_batch : (self.dist.rank + 1) * self.local_batch]
-                images = self.train_images[index] if cfg.data.on_device else self.train_images[index].to(self.device, non_blocking=True)
+                if prefetch is not None:
+                    images = prefetch.get(self.step).to(self.device, non_blocking=True)
+                elif self.images_on_device:
+                    images = self.pretrain_images[self._batch_index(self.step)]
+                else:
+                    images = self.pretrain_images[self._batch_index(self.step)].to(self.device, non_blocking=True)
                 try:
                     # Views differ per process (its own images); the noise of stochastic terms is the same on every
                     # process, which all draw it for the same gathered batch.
@@ -432,6 +515,27 @@ class Trainer:
                     raise TrainingStopped(stop.requested, self.step, self.run_dir)
         progress.update(self.step - progress.count)  # the last steps were skipped: no window closed to count them
         progress.close()
+
+    def _batch_index(self, step: int) -> Tensor:
+        """This process's rows of the global batch of ``step``: a slice of a permutation of the pretraining images
+        drawn from (seed, epoch), so a resumed run, and a streamed one, reads exactly the batches of an uninterrupted
+        one. On the device when the images are (indexing there costs no sync)."""
+        epoch, position = divmod(step, self.steps_per_epoch)
+        if self._permutation is None or self._permutation[0] != epoch:
+            order = torch.randperm(len(self.pretrain_images), generator=_seeded(torch.Generator(), self.config.run.seed, epoch))
+            self._permutation = (epoch, order.to(self.device) if self.images_on_device else order)
+        batch = self.config.optim.batch_size
+        index = self._permutation[1][position * batch : (position + 1) * batch]
+        # This process's contiguous slice of the global batch: gathered in rank order, the slices are the batch.
+        return index[self.dist.rank * self.local_batch : (self.dist.rank + 1) * self.local_batch]
+
+    def _write_skipped_files(self) -> None:
+        """List the files data.skip_unreadable left out in RUN_DIR/skipped_files.txt, and say so in the log."""
+        if not self.skipped_files or not self.dist.is_main:
+            return
+        path = self.run_dir / "skipped_files.txt"
+        path.write_text("".join(f"{file}\t{why}\n" for file, why in self.skipped_files))
+        self.log(f"warning: {len(self.skipped_files)} unreadable image file(s) left out (data.skip_unreadable=true), listed in {path}")
 
     def _skip_or_stop(self, error: CollapseError | NonFiniteStep) -> None:
         """Skip the step that raised ``error`` while ``run.max_skipped_steps`` allows; else stop with the diagnostic."""
@@ -496,25 +600,35 @@ class Trainer:
         instead of 16 s on 2 CPU cores, some 9% of an epoch.
         """
         cfg = self.config
-        bank = len(self.train_set) if cfg.eval.monitor_train_samples == 0 else min(len(self.train_set), cfg.eval.monitor_train_samples)
-        subset = torch.randperm(len(self.train_set), generator=torch.Generator().manual_seed(cfg.run.seed))[:bank]
         settings = {"mean": cfg.augment.mean, "std": cfg.augment.std, "channels_last": cfg.run.channels_last, "amp": cfg.run.amp}
         features = lambda images: encoder_features(self.method.encoder, images, device=self.device, **settings)
-        test_features = features(self.test_set.images)
-        test_labels = self.test_set.labels.to(self.device)
-        k = min(cfg.eval.knn_k)
-        accuracy = knn_accuracy(features(self.train_set.images[subset]), self.train_set.labels[subset].to(self.device),
-                                test_features, test_labels, num_classes=len(self.train_set.classes), k=k, temperature=cfg.eval.knn_temperature)
+        record: dict[str, Any] = {"step": self.step, "epoch": self._epoch()}
+        if self.test_set is not None:
+            probe_images = self.test_set.images
+            probe_labels = self.test_set.labels.to(self.device)
+        else:  # no test split: the geometry of a fixed subset of the pretraining images, without labels
+            probe_images, probe_labels = unlabelled_probe(self.pretrain_images, cfg.run.seed), None
+        test_features = features(probe_images)
+        if self.labelled:
+            bank = len(self.train_set) if cfg.eval.monitor_train_samples == 0 else min(len(self.train_set), cfg.eval.monitor_train_samples)
+            subset = torch.randperm(len(self.train_set), generator=torch.Generator().manual_seed(cfg.run.seed))[:bank]
+            k = min(cfg.eval.knn_k)
+            accuracy = knn_accuracy(features(self.train_set.images[subset]), self.train_set.labels[subset].to(self.device), test_features,
+                                    probe_labels, num_classes=len(self.train_set.classes), k=k, temperature=cfg.eval.knn_temperature)
+            record.update({f"knn_top1_k{k}": accuracy, "knn_bank": bank})
         # The projections, where the loss acts, can collapse while the encoder one layer down still looks fine.
-        views = positive_views(self.test_set.images, cfg.augment, device=self.device)
+        views = positive_views(probe_images, cfg.augment, device=self.device)
         embed = self.method.embed
-        projections = encoder_features(self.method, self.test_set.images, device=self.device, forward=embed, **settings)
+        projections = encoder_features(self.method, probe_images, device=self.device, forward=embed, **settings)
         geometry = {
-            "features": geometry_scores(test_features, test_labels, views=view_features(self.method.encoder, views, **settings)),
-            "projections": geometry_scores(projections, test_labels, views=view_features(self.method, views, forward=embed, **settings)),
+            "features": geometry_scores(test_features, probe_labels, views=view_features(self.method.encoder, views, **settings)),
+            "projections": geometry_scores(projections, probe_labels, views=view_features(self.method, views, forward=embed, **settings)),
         }
-        self._write_metrics({"step": self.step, "epoch": self._epoch(), f"knn_top1_k{k}": accuracy, "knn_bank": bank,
-                             "geometry": {name: g.to_dict(spectrum=False) for name, g in geometry.items()}})
-        self.log(f"\nepoch {self._epoch():g}: kNN top-1 (k={k}, {bank} train images) {100 * accuracy:.2f}%")
+        self._write_metrics({**record, "geometry": {name: g.to_dict(spectrum=False) for name, g in geometry.items()}})
+        if self.labelled:
+            self.log(f"\nepoch {self._epoch():g}: kNN top-1 (k={k}, {bank} train images) {100 * accuracy:.2f}%")
+        else:
+            self.log(f"\nepoch {self._epoch():g}: geometry of {len(probe_images)} {'test' if self.test_set is not None else 'pretraining'} images "
+                     "(no kNN: it needs labelled train/ and test/)")
         self.log(f"  geometry: features {geometry['features'].summary()} | projections {geometry['projections'].summary()}")
         self._warn(self.collapse_watch.check_geometry(geometry))

@@ -1,0 +1,213 @@
+"""An image folder decoded once: a uint8 ``.npy`` array at the run's image size plus a JSON index, reused by later runs.
+
+Decoding JPEGs is most of the cost of reading a photo collection, and it is the same work every epoch and
+every run; here it is done once, over all the cores, into ``CACHE/<key>/images.npy`` ((N, C, S, S) uint8,
+numpy's own format, so ``numpy.load(..., mmap_mode="r")`` reads it too) and ``index.json`` (the files with
+their sizes and modification times, the image size and channels). Training reads rows from the array
+(:class:`~nocollapse.data.mapped.MappedImages`); the set never has to fit in memory.
+
+A cache is used only when its index matches the folder as it is now (the same files, sizes, mtimes,
+image size and channels) and the array has the size the index implies: a changed folder or setting
+rebuilds it, a truncated array too. A build writes to temporary names, removes the old index, then renames
+the array and finally the index into place, so an interrupted or failed build never leaves a cache that a
+later run would use, and a build that fails before its renames (a full disk) leaves the previous cache intact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nocollapse.data.mapped import MappedImages
+from nocollapse.errors import UserError
+from nocollapse.progress import Progress
+
+CACHE_VERSION = 1
+CACHE_DIR_ENV = "NOCOLLAPSE_CACHE_DIR"
+_CHUNK = 64  # images per task sent to a decoding process: large enough to amortise the hand-over
+
+
+def default_cache_dir() -> Path:
+    """``$NOCOLLAPSE_CACHE_DIR``, else ``$XDG_CACHE_HOME/nocollapse``, else ``~/.cache/nocollapse``."""
+    if os.environ.get(CACHE_DIR_ENV):
+        return Path(os.environ[CACHE_DIR_ENV]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "nocollapse"
+
+
+def file_records(root: Path, files: Sequence[Path]) -> list[list[Any]]:
+    """``[relative path, size, mtime_ns]`` of each file: what says that a folder changed since its cache was built."""
+    records = []
+    for path in files:
+        try:
+            stat = path.stat()
+            records.append([path.relative_to(root).as_posix(), stat.st_size, stat.st_mtime_ns])
+        except OSError:  # a broken link: listed (its decode fails and is reported), with nothing to compare
+            records.append([path.relative_to(root).as_posix(), -1, -1])
+    return records
+
+
+def folder_digest(records: dict[str, list[list[Any]]]) -> str:
+    """One hash of every split's :func:`file_records`: the channel count depends on all of them."""
+    return hashlib.sha256(json.dumps(records, sort_keys=True).encode()).hexdigest()
+
+
+def cached_images(root: Path, split: str, files: Sequence[Path], records: list[list[Any]], *, digest: str, image_size: int,
+                  choose_mode: Callable[[], str], cache_dir: Path, decode: Callable[[Path, int, str], np.ndarray],
+                  reason: Callable[[Path, BaseException], str], errors: tuple[type[BaseException], ...], progress: bool = True,
+                  log: Callable[[str], object] = print) -> tuple[MappedImages, list[int], dict[str, str]]:
+    """The decoded images of ``files`` (of ``root/split``, described by ``records``) from the cache, built first
+    if missing or stale.
+
+    ``digest`` (:func:`folder_digest`) stands for the whole folder as it is now; a cache built from another
+    state is rebuilt. ``choose_mode()`` gives the Pillow mode, "L" or "RGB", when a build needs it (it reads
+    every image header of the folder; a valid cache remembers it). ``decode(path, image_size, mode)`` gives
+    one (S, S) or (S, S, 3) uint8 image, raising one of ``errors`` for an unreadable file, described by
+    ``reason(path, error)``. Returns the images, the positions in ``files`` of their rows (every file that
+    decoded, in order) and ``{relative path: reason}`` for the rest.
+    """
+    key = hashlib.sha256(f"{root.resolve()}\0{split}".encode()).hexdigest()[:16]
+    folder = cache_dir / f"{split}-{key}-{image_size}px"
+    expected = {"version": CACHE_VERSION, "root": str(root.resolve()), "split": split, "image_size": image_size, "digest": digest}
+    index_path, array_path = folder / "index.json", folder / "images.npy"
+    cached = _read_index(index_path)
+    if cached is not None and {k: cached.get(k) for k in expected} == expected:
+        try:
+            images = MappedImages.from_npy(array_path)
+            rows = cached["rows"]
+            channels = 1 if cached["mode"] == "L" else 3
+            if images.shape == (len(rows), channels, image_size, image_size) and array_path.stat().st_size == images.offset + len(rows) * images.row_bytes:
+                return images, rows, cached["unreadable"]
+        except (OSError, ValueError, KeyError):
+            pass  # damaged: rebuilt below
+        log(f"cache {folder} is damaged (truncated or unreadable): rebuilding it")
+    elif cached is not None:
+        log(f"{root / split} changed since its cache was built (files, sizes, dates or settings): decoding it again")
+    mode = choose_mode()
+    rows, unreadable = _build(folder, files, records, {**expected, "mode": mode, "files": records}, channels=1 if mode == "L" else 3,
+                              decode=decode, reason=reason, errors=errors, progress=progress, log=log)
+    return MappedImages.from_npy(array_path), rows, unreadable
+
+
+def _read_index(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _decode_chunk(decode: Callable[[Path, int, str], np.ndarray], errors: tuple[type[BaseException], ...],
+                  reason: Callable[[Path, BaseException], str], paths: list[Path], image_size: int, mode: str) -> list[np.ndarray | str]:
+    """Each image of ``paths`` decoded, or the reason it could not be (run in a decoding process)."""
+    out: list[np.ndarray | str] = []
+    for path in paths:
+        try:
+            out.append(decode(path, image_size, mode))
+        except errors as error:
+            out.append(reason(path, error))
+    return out
+
+
+def _build(folder: Path, files: Sequence[Path], records: list[list[Any]], index: dict[str, Any], *, channels: int,
+           decode: Callable[[Path, int, str], np.ndarray], reason: Callable[[Path, BaseException], str],
+           errors: tuple[type[BaseException], ...], progress: bool, log: Callable[[str], object]) -> tuple[list[int], dict[str, str]]:
+    size = index["image_size"]
+    row_bytes = channels * size * size
+    needed = len(files) * row_bytes + 4096
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        free = shutil.disk_usage(folder).free
+    except OSError as error:
+        raise UserError(f"cannot create the image cache in {folder} ({error.strerror or error}); set data.cache_dir to a writable "
+                        f"folder with {_size(needed)} free") from None
+    if free < needed:
+        raise UserError(f"the image cache of {len(files)} images at {size} px needs {_size(needed)} in {folder.parent}, which has "
+                        f"{_size(free)} free; free space or set data.cache_dir to another disk")
+    temporary_array, temporary_index = folder / f"images.npy.{os.getpid()}.tmp", folder / f"index.json.{os.getpid()}.tmp"
+    log(f"decoding {len(files)} images of {folder.name.split('-')[0]} to {size}×{size} into {folder} (once; later runs reuse it)")
+    started = time.perf_counter()
+    try:
+        array = np.lib.format.open_memmap(temporary_array, mode="w+", dtype=np.uint8, shape=(len(files), channels, size, size))
+        bar = Progress(len(files), "decode", enabled=progress)
+        rows: list[int] = []
+        unreadable: dict[str, str] = {}
+        chunks = [list(files[start : start + _CHUNK]) for start in range(0, len(files), _CHUNK)]
+        workers = min(os.cpu_count() or 1, max(1, len(chunks)))
+        with ProcessPoolExecutor(workers) if workers > 1 else _InProcess() as pool:
+            results = pool.map(_decode_chunk, *zip(*[(decode, errors, reason, chunk, size, index["mode"]) for chunk in chunks]))
+            position = 0
+            for chunk_results in results:
+                for result in chunk_results:
+                    if isinstance(result, str):
+                        unreadable[records[position][0]] = result
+                    else:
+                        array[len(rows)] = result[None] if channels == 1 else result.transpose(2, 0, 1)
+                        rows.append(position)
+                    position += 1
+                elapsed = time.perf_counter() - started
+                bar.update(len(chunk_results), **{"img/s": f"{position / max(elapsed, 1e-9):.0f}"})
+        bar.close()
+        array.flush()
+        del array
+        _compact(temporary_array, len(rows))
+        temporary_index.write_text(json.dumps({**index, "rows": rows, "unreadable": unreadable}))
+        (folder / "index.json").unlink(missing_ok=True)  # from here until the last rename no index exists: never a mismatched pair
+        os.replace(temporary_array, folder / "images.npy")
+        os.replace(temporary_index, folder / "index.json")
+    except OSError as error:
+        temporary_array.unlink(missing_ok=True)
+        temporary_index.unlink(missing_ok=True)
+        raise UserError(f"writing the image cache in {folder} failed ({error.strerror or error}); it needs {_size(needed)}. "
+                        "Free space or set data.cache_dir to another disk; any previous cache is unchanged") from None
+    except BaseException:
+        temporary_array.unlink(missing_ok=True)
+        temporary_index.unlink(missing_ok=True)
+        raise
+    seconds = time.perf_counter() - started
+    log(f"decoded {len(rows)} images in {seconds:.1f}s ({len(files) / max(seconds, 1e-9):.0f} img/s), {_size(len(rows) * row_bytes)} on disk")
+    return rows, unreadable
+
+
+def _compact(path: Path, rows: int) -> None:
+    """Rewrite the array of ``path`` as its first ``rows`` rows (the files that decoded; the rest left theirs empty)."""
+    full = np.load(path, mmap_mode="r")
+    if full.shape[0] == rows:
+        return
+    compacted = path.with_name(path.name + ".compact")
+    kept = np.lib.format.open_memmap(compacted, mode="w+", dtype=np.uint8, shape=(rows, *full.shape[1:]))
+    for start in range(0, rows, 4096):
+        stop = min(start + 4096, rows)
+        kept[start:stop] = full[start:stop]
+    kept.flush()
+    del kept, full
+    os.replace(compacted, path)
+
+
+class _InProcess:
+    """The interface of ProcessPoolExecutor's ``map`` without processes (one core, or one chunk)."""
+
+    def __enter__(self) -> _InProcess:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        return None
+
+    @staticmethod
+    def map(function: Callable[..., Any], *iterables: Any) -> Any:
+        return map(function, *iterables)
+
+
+def _size(count: int) -> str:
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if count < 1000 or unit == "GB":
+            return f"{count:.0f} {unit}" if unit == "bytes" else f"{count:.1f} {unit}"
+        count /= 1000
+    return f"{count:.1f} TB"
