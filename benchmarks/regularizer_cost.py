@@ -61,11 +61,11 @@ def main() -> None:
             for name, trainer in trainers.items():
                 batch = trainer.config.optim.batch_size
                 generator = torch.Generator(device=trainer.device)
-                trainer.train_step(trainer.train_images[:batch], generator.manual_seed(0), generator)  # warm-up
+                trainer.train_step(trainer.pretrain_images[:batch], generator.manual_seed(0), generator)  # warm-up
                 _sync(trainer.device)
                 started = time.perf_counter()
                 for step in range(args.steps):
-                    images = trainer.train_images[step * batch : (step + 1) * batch]
+                    images = trainer.pretrain_images[step * batch : (step + 1) * batch]
                     trainer.train_step(images, generator.manual_seed(step), generator)
                 _sync(trainer.device)
                 times[name].append((time.perf_counter() - started) / args.steps)

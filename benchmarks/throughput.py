@@ -82,7 +82,7 @@ def measure(label: str, preset: str, overrides: list[str], args: argparse.Namesp
                                      "eval.monitor_every=0", f"run.compile={str(args.compile).lower()}"])
     trainer = Trainer(config, progress=False, log=lambda *_: None)
     batch = config.optim.batch_size
-    images = trainer.train_images[:batch]
+    images = trainer.pretrain_images[:batch]
     generator = torch.Generator(device=trainer.device)
     full_step = lambda: trainer.train_step(images, generator.manual_seed(0), generator)  # noqa: E731
     if trainer.device.type == "cuda":

@@ -68,9 +68,13 @@ def test_an_unknown_key_suggests_the_closest_and_lists_its_section(key, suggesti
 
 def bad_value(key: str) -> tuple[str, str]:
     """A value out of ``key``'s range, chosen by its type, and how the error message shows it."""
-    by_key = {"preset": "..", "data.data_dir": "x\0y", "run.out_dir": "x\0y", "run.name": "a/b", "run.device": "gpu"}
+    by_key = {"preset": "..", "data.data_dir": "x\0y", "data.cache_dir": "x\0y", "run.out_dir": "x\0y", "run.name": "a/b", "run.device": "gpu"}
     if key in by_key:
         return by_key[key], repr(by_key[key])
+    # Tuples of names: shown comma-separated, unquoted, as on the command line.
+    tuple_of_names = {"data.pretrain_splits": "train,nope"}
+    if key in tuple_of_names:
+        return tuple_of_names[key], f"={tuple_of_names[key]}:"
     *sections, name = key.split(".")
     section: object = Config()
     for part in sections:
@@ -122,6 +126,8 @@ def test_every_key_refuses_a_bad_value_naming_the_key_and_the_value(key):
     ("eval.knn_k=5,0", "eval.knn_k=5,0: must be one or more"),
     ("eval.knn_k=5,x", "eval.knn_k='5,x': must be comma-separated values, each an integer"),
     ("model.widths=8,0", "model.widths=8,0: must be one or more comma-separated values, each an integer >= 1"),
+    ("data.pretrain_splits=train,train", "data.pretrain_splits=train,train: must be comma-separated distinct splits out of unlabeled, train, test"),
+    ("data.pretrain_splits=val", "data.pretrain_splits=val: must be comma-separated distinct splits"),
     ("augment.blur_prob=", "augment.blur_prob='': must be one or more comma-separated values, each a finite number in [0, 1]"),
     # Names and paths.
     ("run.name=..", "run.name='..': must be empty (the default"),

@@ -203,7 +203,7 @@ def test_a_skipped_step_moves_nothing(tiny_data, tmp_path, fault):
 
     config = resolve_config("fmnist", [*TINY_RUN, f"data.data_dir={tiny_data}", f"run.out_dir={tmp_path}", "run.device=cpu", "run.max_skipped_steps=1"])
     trainer = Trainer(config, progress=False, log=lambda *_: None)
-    images = trainer.train_images[:32]
+    images = trainer.pretrain_images[:32]
     trainer.train_step(images, torch.Generator().manual_seed(0))  # a real step first, so the optimiser has state
     method_before = {k: v.clone() for k, v in trainer.method.state_dict().items()}
     momentum_before = [s["momentum_buffer"].clone() for s in trainer.optimizer.state.values() if "momentum_buffer" in s]

@@ -332,7 +332,10 @@ def test_grayscale_folder_loads_as_one_channel(tmp_path):
     make_folder(tmp_path, colour=False)
     train = load_dataset("image-folder", "train", tmp_path, image_size=8)
     assert train.classes == ["ant", "zebra"] and train.name == "image-folder/train"
-    assert train.images.shape == (3, 1, 8, 8) and train.images.dtype == torch.uint8 and train.images.is_contiguous()
+    assert train.images.shape == (3, 1, 8, 8) and train.images.dtype == torch.uint8 and len(train) == 3
+    held = train.in_memory()  # the decoded cache, read whole
+    assert held.shape == (3, 1, 8, 8) and held.dtype == torch.uint8 and held.is_contiguous()
+    assert torch.equal(train.images[0:3], held) and torch.equal(train.images[[2, 0]], held[[2, 0]])
     assert train.labels.tolist() == [0, 1, 1]  # ant/c.bmp, zebra/a.png, zebra/b.jpg
     assert train.images[1].unique().tolist() == [100] and train.images[0].unique().tolist() == [0]
     assert load_dataset("image-folder", "test", tmp_path).images.shape == (1, 1, 32, 32)  # default image_size
@@ -349,9 +352,23 @@ def test_one_colour_image_makes_both_splits_rgb(tmp_path):
 
 
 @needs_pillow
+def test_mapped_images_of_a_folder_index_further_axes_as_a_tensor_does(tmp_path):
+    make_folder(tmp_path, colour=True)
+    images = load_dataset("image-folder", "train", tmp_path, image_size=8).images
+    held = images.load()
+    assert images[1, 2].shape == (8, 8)  # channel 2 of image 1, not the rows 1 and 2
+    mask = torch.tensor([True, False, True])
+    for index in [(1, 2), (0, slice(None), 4, 4), (slice(None), slice(None), 4, 4), (slice(0, 3, 2), 0), ([2, 0], 1),
+                  (torch.tensor([2, 2]), slice(None), [0, 7]), (1, slice(None), [0, 1], [2, 3]), (mask, 0), (-1,), (..., 4, 4),
+                  (torch.tensor(1), 0, 3), torch.tensor(2)]:
+        got, want = images[index], held[index]
+        assert got.shape == want.shape and torch.equal(got, want) and got.is_contiguous(), index
+
+
+@needs_pillow
 def test_sixteen_bit_grayscale_is_scaled_not_clipped(tmp_path):
     save(tmp_path / "train" / "a" / "x.png", Image.fromarray(np.full((6, 6), 257 * 128, dtype=np.uint16)))
-    assert load_dataset("image-folder", "train", tmp_path, image_size=4).images.unique().tolist() == [128]
+    assert load_dataset("image-folder", "train", tmp_path, image_size=4).in_memory().unique().tolist() == [128]
 
 
 @needs_pillow
@@ -371,7 +388,7 @@ def test_empty_or_missing_folders_are_user_errors(tmp_path):
     (tmp_path / "empty" / "train").mkdir(parents=True)
     with pytest.raises(UserError, match="has no class folders"):
         load_dataset("image-folder", "train", tmp_path / "empty")
-    with pytest.raises(UserError, match="train is not a folder"):
+    with pytest.raises(UserError, match=r"test holds neither unlabeled/ nor train/; expected DIR/unlabeled/"):
         load_dataset("image-folder", "train", tmp_path / "test")
     with pytest.raises(UserError, match="needs a folder"):
         load_dataset("image-folder", "train")
@@ -406,8 +423,8 @@ def test_dataset_container_checks_itself():
 
 
 def test_unknown_name_and_split():
-    assert DATASETS == ("fashion-mnist", "cifar10", "cifar100", "image-folder")
+    assert DATASETS == ("fashion-mnist", "cifar10", "cifar100", "stl10", "image-folder")
     with pytest.raises(UserError, match="fashion-mnist, cifar10"):
         load_dataset("mnist", "train")
-    with pytest.raises(UserError, match="'train' or 'test'"):
+    with pytest.raises(UserError, match="unknown split 'val'; choose one of unlabeled, train, test"):
         load_dataset("fashion-mnist", "val")

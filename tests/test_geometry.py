@@ -242,7 +242,7 @@ def test_eval_prints_the_geometry_table_and_saves_it_with_the_projections(tiny_r
     lines = []
     rows = evaluate_run(tiny_run.run_dir, tiny_run.config, train_set=tiny_run.train_set, test_set=tiny_run.test_set, log=lines.append)
     out = "\n".join(lines)
-    accuracy_table, geometry_table = out.split("top-1 accuracy (%)")[1].split("geometry of test embeddings")
+    accuracy_table, geometry_table = out.split("top-1 accuracy (%)")[1].split("fashion-mnist test split, geometry of their embeddings")
     assert "RankMe" not in accuracy_table
     names = ["raw pixels", "random convnet", "byol convnet", "random byol projections", "byol projections"]
     assert all(name in geometry_table for name in names)

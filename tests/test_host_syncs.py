@@ -84,7 +84,7 @@ def test_a_training_step_in_its_gpu_form_makes_no_host_sync(preset, tiny_data, t
     config = resolve_config(preset, ["model.widths=8,16", f"data.data_dir={tiny_data}", f"run.out_dir={tmp_path}", "run.device=cpu"])
     assert config.run.max_skipped_steps == 0  # checking every step syncs on purpose; it is off by default
     trainer = Trainer(config, progress=False, log=lambda *_: None)
-    images = trainer.train_images[: config.optim.batch_size]
+    images = trainer.pretrain_images[: config.optim.batch_size]
     assert len(images) == config.optim.batch_size
     trainer.train_step(images, torch.Generator().manual_seed(0))  # the first step makes the optimiser's state
     with SyncRecorder() as recorder:

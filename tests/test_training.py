@@ -94,7 +94,7 @@ def test_cli_train_then_eval_prints_the_table_with_baselines(tiny_data, tmp_path
     args = ["train", "--quiet", "--data-dir", str(tiny_data), *TINY_RUN, f"run.out_dir={tmp_path}", "run.name=cli", "run.device=cpu"]
     assert main(args) == 0
     out = capsys.readouterr().out
-    for row in ("raw pixels", "random convnet", "byol convnet", "kNN k=5", "kNN k=20", "linear top1", "geometry of test embeddings", "byol projections"):
+    for row in ("raw pixels", "random convnet", "byol convnet", "kNN k=5", "kNN k=20", "linear top1", "fashion-mnist test split, geometry of their embeddings", "byol projections"):
         assert row in out, row
     saved = json.loads((tmp_path / "cli" / "eval.json").read_text())
     assert [r["name"] for r in saved["rows"]] == ["raw pixels", "random convnet", "byol convnet"]

@@ -15,6 +15,8 @@ EXAMPLES = """examples:
   nocollapse train                                  BYOL on Fashion-MNIST, the default preset (about 15 min on 2 CPU cores)
   nocollapse train optim.epochs=30 run.name=long    any setting as key=value (see `nocollapse config`)
   nocollapse train --preset fmnist-gpu              ResNet-18 recipe for a GPU
+  nocollapse train data.dataset=image-folder --data-dir DIR data.image_size=64
+                                                    your own images: DIR/unlabeled/** (+ train/<class>/, test/<class>/ to score)
   nocollapse train --resume run.name=long           continue an interrupted run exactly where its checkpoint left it
   nocollapse eval runs/fmnist-byol-seed0            re-evaluate a saved run
   nocollapse report runs/a runs/b --out cmp/        one HTML page comparing runs (plots, tables, baselines)
@@ -66,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     config.add_argument("--json", action="store_true", help="print the resolved config as JSON")
 
     download = commands.add_parser("download", help="download a dataset's official files, verified by SHA-256")
-    download.add_argument("dataset", help="fashion-mnist | cifar10 | cifar100")
+    download.add_argument("dataset", help="fashion-mnist | cifar10 | cifar100 | stl10")
     download.add_argument("--to", required=True, type=Path, help="target directory")
     download.add_argument("--mirror", help="base URL of a mirror holding the same files (checked against the same hashes)")
     return parser
@@ -133,8 +135,8 @@ def run_eval(args: argparse.Namespace) -> None:
     config = load_run_config(args.run_dir)
     for text in args.overrides:
         key, sep, value = text.partition("=")
-        if not sep or not (key.startswith("eval.") or key == "data.data_dir"):
-            raise UserError(f"eval accepts only eval.* and data.data_dir overrides as key=value, got {text!r}")
+        if not sep or not (key.startswith("eval.") or key in ("data.data_dir", "data.cache_dir")):
+            raise UserError(f"eval accepts only eval.*, data.data_dir and data.cache_dir overrides as key=value, got {text!r}")
         set_value(config, key, value)
     validate(config)
     evaluate_run(args.run_dir, config, device=args.device)

@@ -20,6 +20,7 @@ that one pass fixes them all, or, with ``skip_unreadable``, left out and listed 
 from __future__ import annotations
 
 import os
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -141,6 +142,28 @@ def _to_grayscale_uint8(Image: Any, image: Any) -> Any:
     return Image.fromarray(np.clip(scaled + 0.5, 0, 255).astype(np.uint8))
 
 
+def _decoder_settings() -> dict[str, Any]:
+    """Pillow's version and the global switches that decide what a file decodes to or whether it decodes at all (a
+    truncated file fails only while ImageFile.LOAD_TRUNCATED_IMAGES is off; a large one past Image.MAX_IMAGE_PIXELS).
+    They are part of the cache's digest, so that a cache, and the files it found unreadable, is never reused under
+    other settings (raising MAX_IMAGE_PIXELS as the error advises, then loading again, decodes again)."""
+    import PIL
+    from PIL import Image, ImageFile
+
+    return {"pillow": PIL.__version__, "load_truncated_images": bool(ImageFile.LOAD_TRUNCATED_IMAGES),
+            "max_image_pixels": Image.MAX_IMAGE_PIXELS}
+
+
+def _decode_with(settings: dict[str, Any], path: Path, image_size: int, mode: str) -> np.ndarray:
+    """:func:`_decode` under the caller's Pillow ``settings`` (:func:`_decoder_settings`): a decoding process that was
+    spawned rather than forked starts from Pillow's defaults, not from what the caller set."""
+    from PIL import Image, ImageFile
+
+    ImageFile.LOAD_TRUNCATED_IMAGES = settings["load_truncated_images"]
+    Image.MAX_IMAGE_PIXELS = settings["max_image_pixels"]
+    return _decode(path, image_size, mode)
+
+
 def _decode(path: Path, image_size: int, mode: str) -> np.ndarray:
     """One image as (S, S) uint8 for ``mode`` "L" or (S, S, 3) for "RGB", centre-cropped and resized to S = image_size.
 
@@ -211,9 +234,10 @@ def load_image_folder(split: str, data_dir: str | os.PathLike | None, *, image_s
 
     from PIL import Image
 
+    settings = _decoder_settings()
     images, rows, unreadable = cached_images(
-        root, split, files, records[split], digest=folder_digest(records), image_size=image_size, choose_mode=choose_mode,
-        cache_dir=Path(cache_dir).expanduser() if cache_dir else default_cache_dir(), decode=_decode, reason=_reason,
+        root, split, files, records[split], digest=folder_digest(records, settings), image_size=image_size, choose_mode=choose_mode,
+        cache_dir=Path(cache_dir).expanduser() if cache_dir else default_cache_dir(), decode=partial(_decode_with, settings), reason=_reason,
         errors=_pillow_errors(Image), progress=progress, log=log)
     if unreadable and not (skip_unreadable and rows):
         raise _unreadable_error(root, {root / path: why for path, why in unreadable.items()}, skippable=bool(rows))

@@ -71,7 +71,18 @@ class MappedImages:
         return self._fd
 
     def __getitem__(self, index: Any) -> torch.Tensor:
-        """The rows ``index`` (an int, a slice, or a 1-D integer tensor, array or list) as a contiguous uint8 tensor."""
+        """The rows ``index`` (an int, a slice, or a 1-D integer tensor, array or list, or a boolean mask of the rows)
+        as a contiguous uint8 tensor.
+
+        A tuple indexes further axes as a tensor would (``images[0, :, 4, 4]``, ``images[rows, 0]``): only the rows
+        its first entry selects are read. ``None``, ``...`` or a bool first read every image.
+        """
+        if isinstance(index, (torch.Tensor, np.ndarray)) and index.ndim == 0 and index.dtype not in (torch.bool, np.bool_):
+            index = int(index)  # a 0-d integer tensor selects one image, as an int does
+        if isinstance(index, tuple):
+            return self._get_tuple(index)
+        if index is None or index is Ellipsis or isinstance(index, bool):
+            return self.load()[index].contiguous()  # new axes, or the whole set: a tensor's rules
         if isinstance(index, slice):
             start, stop, step = index.indices(len(self))
             if step == 1:
@@ -105,6 +116,29 @@ class MappedImages:
             data = _pread_exact(fd, count * self.row_bytes, self.offset + first_row * self.row_bytes, self.path)
             out[order[run]] = np.frombuffer(data, dtype=np.uint8).reshape(count, self.row_bytes)
         return self._as_images(out)
+
+    def _get_tuple(self, index: tuple[Any, ...]) -> torch.Tensor:
+        """``images[first, *rest]``: the rows ``first`` selects, read alone, then ``rest`` applied as a tensor applies it.
+
+        ``first`` is replaced by the same kind of index into the rows read (0 into one row, every row of a slice,
+        0..B-1 for B listed rows), so the result, including how torch places the axes of several index arrays,
+        is that of the whole tensor.
+        """
+        if not index:
+            return self.load()
+        first, rest = index[0], index[1:]
+        if isinstance(first, (torch.Tensor, np.ndarray)) and first.ndim == 0 and first.dtype not in (torch.bool, np.bool_):
+            first = int(first)
+        if first is None or first is Ellipsis or isinstance(first, bool):
+            return self.load()[index].contiguous()
+        if isinstance(first, (int, np.integer)):
+            rows, within = self[first][None], 0
+        elif isinstance(first, slice):
+            rows, within = self[first], slice(None)
+        else:
+            rows = self[first]
+            within = torch.arange(len(rows))
+        return rows[(within, *rest)].contiguous()
 
     def _read_run(self, start: int, count: int) -> torch.Tensor:
         data = _pread_exact(self._descriptor(), count * self.row_bytes, self.offset + start * self.row_bytes, self.path) if count else b""

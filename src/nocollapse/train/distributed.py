@@ -15,7 +15,8 @@ died first needs the GIL to be freed; a thread asking for the GIL while Python f
 without an active exception", SIGABRT, a non-zero exit after a run that succeeded. Measured here: two
 gloo processes that all-reduce and exit without destroying the group abort 13 times in 40.
 :func:`init_distributed` therefore registers :func:`shutdown_distributed` with ``atexit`` (which runs
-before finalisation, on every exit path: success, an error, SIGTERM, Ctrl-C), and the trainer calls it
+before finalisation, on every exit path that finalises: success, an error, Ctrl-C; a SIGTERM under torchrun
+ends the process without finalising, so nothing races there), and the trainer calls it
 once its DDP wrapper, which keeps the group alive through its reducer, is released.
 """
 

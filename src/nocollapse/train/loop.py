@@ -9,6 +9,7 @@ resumed from any checkpoint replays exactly the batches and views of an uninterr
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
 import math
 import os
@@ -68,7 +69,7 @@ def run_directory(config: Config) -> Path:
 
 
 # Settings that may change on resume without changing the trajectory (run.seed does change it).
-RESUME_FREE_PREFIXES = ("run.", "eval.", "data.data_dir", "data.on_device")
+RESUME_FREE_PREFIXES = ("run.", "eval.", "data.data_dir", "data.on_device", "data.stream", "data.cache_dir")
 
 
 def changed_training_keys(before: Config, after: Config) -> list[str]:
@@ -201,17 +202,21 @@ class Trainer:
                                              skip_unreadable=d.skip_unreadable, progress=self.show_progress, log=self.log)
             return loaded[split]
 
-        # Under torchrun one process per node decodes a folder's cache; the others wait for it, then read it.
-        first = not self.dist.enabled or self.dist.local_rank == 0
+        # Under torchrun one process per node decodes a folder's cache; the others wait for it, then read it. Their wait
+        # may last as long as a decode of the whole folder: a group of its own, with a timeout to match.
+        shared = self.dist.enabled and torch.distributed.is_initialized()
+        first = not shared or self.dist.local_rank == 0
+        waiting = torch.distributed.new_group(backend="gloo", timeout=datetime.timedelta(hours=48)) if shared else None
         if not first:
-            torch.distributed.barrier()
+            torch.distributed.barrier(group=waiting)
         try:
             self.pretrain_sets = [load(split) for split in splits]
-            self.train_set = self._held(load("train")) if "train" in available else None
-            self.test_set = self._held(load("test")) if "test" in available else None
+            labelled = "train" in available and "test" in available  # the kNN bank and the probe fit on train, score on test
+            self.train_set = self._held(load("train")) if labelled else None
+            self.test_set = self._held(load("test")) if labelled else None
         finally:
-            if first and self.dist.enabled:
-                torch.distributed.barrier()
+            if first and shared:
+                torch.distributed.barrier(group=waiting)
         self.skipped_files = [entry for dataset in loaded.values() for entry in dataset.skipped]
         source = concatenate([dataset.images for dataset in self.pretrain_sets])
         self.streaming = d.stream == "disk" or (d.stream == "auto" and not self._fits_in_memory(source))
@@ -276,6 +281,7 @@ class Trainer:
             "method": self.method.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "config": self.config.to_dict(),
+            "pretraining_images": list(self.pretrain_images.shape),  # the data the schedule and the permutations were drawn for
             "torch_rng": torch.get_rng_state(),
         }
         if self.device.type == "cuda":
@@ -288,7 +294,16 @@ class Trainer:
         if changed:
             raise UserError("--resume with a different training config (" + ", ".join(changed)
                             + "); resume with the original settings, or start a new run")
-        self.method.load_state_dict(state["method"])
+        saved_shape = state.get("pretraining_images")  # absent from older checkpoints
+        if saved_shape is not None and list(saved_shape) != list(self.pretrain_images.shape):
+            raise UserError(f"--resume: the run trained on {saved_shape[0]} images of {'×'.join(map(str, saved_shape[1:]))}, but "
+                            f"{self.config.data.dataset} now gives {len(self.pretrain_images)} of {'×'.join(map(str, self.pretrain_images.shape[1:]))}: "
+                            "the data changed (files added, removed, or a new colour mode). Restore it, or start a new run")
+        try:
+            self.method.load_state_dict(state["method"])
+        except RuntimeError as error:
+            raise UserError(f"--resume: {path} holds another architecture ({str(error).splitlines()[0]}); it was written by an older "
+                            "nocollapse or another config; start a new run") from None
         self.optimizer.load_state_dict(state["optimizer"])
         self.step = int(state["step"])
         # Absent from the checkpoints of older versions.
