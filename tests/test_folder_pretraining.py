@@ -1,8 +1,12 @@
 """Your own images: unlabelled folders, their decoded cache, streaming from disk, and what goes wrong."""
 
+import errno
 import json
 import os
 import shutil
+import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -17,6 +21,8 @@ from nocollapse.data import load_dataset
 from nocollapse.data.mapped import MappedImages
 from nocollapse.errors import UserError
 from nocollapse.nn.backbones import build_backbone, resolve_stem
+from nocollapse.report.html import accuracy_table, geometry_table, unscored_note
+from nocollapse.report.runs import load_runs
 
 Image = pytest.importorskip("PIL.Image")
 RUN = [*TINY_RUN, "data.dataset=image-folder", "augment.mean=", "augment.std=", "run.device=cpu"]
@@ -56,6 +62,10 @@ def test_an_unlabelled_folder_trains_and_reports_the_geometry_only(tmp_path, cap
     assert all(row["geometry"]["rankme"] >= 1 and row["geometry"]["separability"] is None for row in saved["rows"])
     monitor = [json.loads(line) for line in (tmp_path / "unl" / "metrics.jsonl").read_text().splitlines() if "geometry" in line]
     assert len(monitor) == 2 and not any(key.startswith("knn") for record in monitor for key in record)
+    # The report: no empty accuracy table, a line saying why there is none, the geometry of every row.
+    runs = load_runs([tmp_path / "unl"])
+    assert accuracy_table(runs) == "" and "No accuracy for unl: accuracy needs labelled train/ and test/" in unscored_note(runs)
+    assert geometry_table(runs).count("<tr") == 1 + 3 + 2  # header, raw pixels, random and trained encoder, both projections
 
 
 def test_pretraining_on_unlabeled_and_train_reads_both_and_evaluates_on_the_labelled_splits(tmp_path, capsys):
@@ -182,6 +192,33 @@ def test_a_full_disk_is_refused_before_the_build_naming_the_space_needed_and_the
         load_dataset("image-folder", "unlabeled", data, image_size=16, progress=False, log=lambda _: None)
     array = next(image_cache.rglob("images.npy"))
     assert torch.equal(torch.from_numpy(np.load(array)), before), "the previous cache is intact"
+    # Space that the check saw but another writer took meanwhile: the blocks are reserved before any row is written, so
+    # the build fails there with the same advice (without the reservation a decoding process would die of SIGBUS).
+    monkeypatch.undo()
+
+    def disk_filled_meanwhile(fd, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", disk_filled_meanwhile)
+    with pytest.raises(UserError, match=r"writing the image cache in .* failed \(No space left on device\); it needs \d+\.\d KB"):
+        load_dataset("image-folder", "unlabeled", data, image_size=16, progress=False, log=lambda _: None)
+    assert torch.equal(torch.from_numpy(np.load(array)), before) and not list(image_cache.rglob("*.tmp*"))
+
+
+def test_files_of_a_killed_build_are_removed_by_the_next_and_a_live_build_keeps_its_own(tmp_path, image_cache):
+    data = make_folder(tmp_path / "photos", labelled=False, unlabeled=6)
+    quiet = {"image_size": 16, "progress": False, "log": lambda _: None}
+    load_dataset("image-folder", "unlabeled", data, **quiet)
+    folder = next(image_cache.rglob("images.npy")).parent
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
+    dead, host = int(finished.stdout), socket.gethostname()
+    abandoned = [folder / f"images.npy.{host}.{dead}.tmp", folder / f"images.npy.{host}.{dead}.tmp.compact", folder / f"index.json.{host}.{dead}.tmp"]
+    kept = [folder / f"images.npy.{host}.{os.getppid()}.tmp", folder / f"images.npy.other-host.{dead}.tmp"]
+    for path in abandoned + kept:
+        path.write_bytes(b"partial")
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(data / "unlabeled" / "new.png")  # a rebuild is due
+    assert len(load_dataset("image-folder", "unlabeled", data, **quiet)) == 7
+    assert not any(path.exists() for path in abandoned) and all(path.exists() for path in kept)
 
 
 def test_an_unwritable_cache_directory_is_a_clear_error(tmp_path):
@@ -267,3 +304,23 @@ def test_fashion_mnist_written_out_as_a_folder_reads_back_as_the_built_in_reader
     # Class folders sort by name, then files: the same images, grouped by class, with their own labels.
     order = torch.argsort(built_in.labels[:count], stable=True)
     assert torch.equal(train.in_memory(), built_in.images[:count][order]) and torch.equal(train.labels, built_in.labels[:count][order])
+
+
+def test_linked_folders_are_followed_once_and_an_unlistable_folder_is_an_error(tmp_path, monkeypatch):
+    data = make_folder(tmp_path / "photos", labelled=False, unlabeled=6)
+    elsewhere = make_folder(tmp_path / "more", labelled=False, unlabeled=3) / "unlabeled"
+    (data / "unlabeled" / "linked").symlink_to(elsewhere, target_is_directory=True)
+    (elsewhere / "loop").symlink_to(elsewhere, target_is_directory=True)  # a link to its own folder: listed once, not forever
+    quiet = {"image_size": 8, "progress": False, "log": lambda _: None}
+    assert len(load_dataset("image-folder", "unlabeled", data, **quiet)) == 6 + 3
+    # Permissions do not stop root, who runs CI: the listing itself is made to fail, as chmod 000 would for a user.
+    blocked, scandir = data / "unlabeled" / "part1", os.scandir
+
+    def scandir_refusing_one_folder(path="."):
+        if Path(path) == blocked:
+            raise PermissionError(13, "Permission denied", str(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir_refusing_one_folder)
+    with pytest.raises(UserError, match=rf"1 folder\(s\) under .* cannot be listed:\n  {blocked}: Permission denied\nMake them readable"):
+        load_dataset("image-folder", "unlabeled", data, **quiet)

@@ -12,6 +12,8 @@ import pytest
 import torch
 
 from nocollapse.data.mapped import MappedImages
+from nocollapse.data.prefetch import concatenate
+from nocollapse.errors import UserError
 
 SHAPE = (13, 3, 5, 7)  # H ≠ W, so a transposed read has the wrong shape or the wrong pixels
 
@@ -172,7 +174,22 @@ def test_file_truncated_after_construction_is_an_error_naming_it(npy, array):
     os.truncate(npy, images.offset + 2 * images.row_bytes + 10)  # two whole rows and part of the third
     same(images[1], array[1])  # what is still there reads fine
     for index in (2, slice(0, 3), [0, 12], slice(None, None, 5)):
-        with pytest.raises(OSError, match=rf"{npy}.*truncated"):
+        with pytest.raises(UserError, match=rf"{npy}.*truncated"):
             images[index]
-    with pytest.raises(OSError, match="truncated"):
+    with pytest.raises(UserError, match="truncated"):
         images.load()
+
+
+def test_splits_concatenated_read_as_the_stacked_array(npy, array):
+    """A split in memory followed by one on disk (unlabeled + train, as STL-10's protocol) reads as np.concatenate."""
+    extra = np.random.default_rng(1).integers(0, 256, size=(4, *SHAPE[1:]), dtype=np.uint8)
+    both, want = concatenate([torch.from_numpy(extra), MappedImages.from_npy(npy)]), np.concatenate([extra, array])
+    assert both.shape == want.shape and len(both) == len(want)
+    for index in (0, 5, -1, slice(2, 9), slice(None, None, 3), [16, 0, 4, 3], np.array([7, 7, 1])):
+        same(both[index], want[index])
+    same(both[torch.tensor([3, 4, 12])], want[[3, 4, 12]])
+    mask = np.arange(len(want)) % 3 == 0
+    same(both[torch.from_numpy(mask)], want[mask])
+    same(both.load(), want)
+    with pytest.raises(IndexError):
+        both[[len(want)]]

@@ -1,4 +1,4 @@
-"""The command line: ``nocollapse train | eval | report | config | download``.
+"""The command line: ``nocollapse train | eval | embed | report | config | download``.
 
 User errors (bad data, bad settings) print one clear message and exit with status 2, no traceback.
 """
@@ -19,6 +19,8 @@ EXAMPLES = """examples:
                                                     your own images: DIR/unlabeled/** (+ train/<class>/, test/<class>/ to score)
   nocollapse train --resume run.name=long           continue an interrupted run exactly where its checkpoint left it
   nocollapse eval runs/fmnist-byol-seed0            re-evaluate a saved run
+  nocollapse embed runs/fmnist-byol-seed0 photos/ --out emb.npy
+                                                    embeddings of new images (files, folders, fashion-mnist:test), one row each
   nocollapse report runs/a runs/b --out cmp/        one HTML page comparing runs (plots, tables, baselines)
   nocollapse config --preset cifar10                every setting of a preset, with what it does
   nocollapse download fashion-mnist --to data/      fetch the official files (SHA-256 verified)
@@ -51,6 +53,23 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("overrides", nargs="*", metavar="key=value", help="eval.* or data.data_dir overrides, e.g. eval.knn_k=5,20,200")
     evaluate.add_argument("--device", help="auto | cpu | cuda | cuda:N")
     evaluate.add_argument("--no-report", action="store_true", help="do not rewrite the run's HTML report")
+
+    embed = commands.add_parser("embed", help="write the embeddings of images, folders or dataset splits to a file",
+                                description="One embedding per image, with the evaluation's preprocessing (decode, centre crop and resize "
+                                            "to the run's image size, its channels and normalisation), row by row beside its source and label. "
+                                            "The suffix of --out picks the format: .npy (with a .txt index), .safetensors, or .parquet "
+                                            "(needs pyarrow).")
+    embed.add_argument("model", type=Path, metavar="RUN_DIR", help="a run directory, or an encoder.safetensors")
+    embed.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders (recursive) or dataset splits such as fashion-mnist:test")
+    embed.add_argument("--out", required=True, type=Path, help="the output file: .npy, .safetensors or .parquet")
+    embed.add_argument("--what", default="features", choices=("features", "projections"),
+                       help="the encoder's output (default) or the online projection head's (needs RUN_DIR with its checkpoint)")
+    embed.add_argument("--batch-size", type=int, default=256)
+    embed.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    embed.add_argument("--data-dir", help="where the dataset files of a dataset:split input are")
+    embed.add_argument("--skip-unreadable", action="store_true", help="leave out files that cannot be decoded, listed in OUT_STEM.skipped.txt")
+    embed.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    embed.add_argument("--quiet", action="store_true", help="no progress bar")
 
     report = commands.add_parser("report", help="write an HTML page with plots and tables for one or more runs",
                                  description="One self-contained HTML page (PNG plots inline, also saved beside it): loss terms, kNN over "
@@ -144,6 +163,13 @@ def run_eval(args: argparse.Namespace) -> None:
         write_run_report(args.run_dir)
 
 
+def run_embed(args: argparse.Namespace) -> None:
+    from nocollapse.embed import embed
+
+    embed(args.model, args.inputs, args.out, what=args.what, batch_size=args.batch_size, device=args.device, data_dir=args.data_dir,
+          skip_unreadable=args.skip_unreadable, force=args.force, progress=not args.quiet)
+
+
 def run_report(args: argparse.Namespace) -> None:
     from nocollapse.report import write_report
 
@@ -177,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    handlers = {"train": run_train, "eval": run_eval, "report": run_report, "config": run_config, "download": run_download}
+    handlers = {"train": run_train, "eval": run_eval, "embed": run_embed, "report": run_report, "config": run_config, "download": run_download}
     try:
         handlers[args.command](args)
     except UserError as error:

@@ -15,10 +15,13 @@ later run would use, and a build that fails before its renames (a full disk) lea
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import re
 import shutil
+import socket
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -34,6 +37,7 @@ from nocollapse.progress import Progress
 CACHE_VERSION = 1
 CACHE_DIR_ENV = "NOCOLLAPSE_CACHE_DIR"
 _CHUNK = 64  # images per task sent to a decoding process: large enough to amortise the hand-over
+_TEMPORARY = re.compile(r"(images\.npy|index\.json)\.(?P<host>.+)\.(?P<pid>\d+)\.tmp(\.compact)?")  # a build's files, by owner
 
 
 def default_cache_dir() -> Path:
@@ -122,7 +126,8 @@ def _decode_chunk(decode: Callable[[Path, int, str], np.ndarray], errors: tuple[
             out.append(None)
         except errors as error:
             out.append(reason(path, error))
-    array.flush()
+    # No flush: the rows are in the page cache, where every process sees them; the parent syncs the file once at the end
+    # (a flush per chunk waited for the disk every 64 images).
     return out
 
 
@@ -141,12 +146,15 @@ def _build(folder: Path, files: Sequence[Path], records: list[list[Any]], index:
     if free < needed:
         raise UserError(f"the image cache of {len(files)} images at {size} px needs {_size(needed)} in {folder.parent}, which has "
                         f"{_size(free)} free; free space or set data.cache_dir to another disk")
-    temporary_array, temporary_index = folder / f"images.npy.{os.getpid()}.tmp", folder / f"index.json.{os.getpid()}.tmp"
+    _remove_abandoned(folder)
+    owner = f"{socket.gethostname()}.{os.getpid()}"
+    temporary_array, temporary_index = folder / f"images.npy.{owner}.tmp", folder / f"index.json.{owner}.tmp"
     log(f"decoding {len(files)} images of {folder.name.split('-')[0]} to {size}×{size} into {folder} (once; later runs reuse it)")
     started = time.perf_counter()
     try:
         array = np.lib.format.open_memmap(temporary_array, mode="w+", dtype=np.uint8, shape=(len(files), channels, size, size))
         del array  # the decoding processes write the rows
+        _reserve(temporary_array)
         bar = Progress(len(files), "decode", enabled=progress)
         rows: list[int] = []
         unreadable: dict[str, str] = {}
@@ -172,6 +180,7 @@ def _build(folder: Path, files: Sequence[Path], records: list[list[Any]], index:
         pool.shutdown()
         bar.close()
         _compact(temporary_array, rows)
+        _sync(temporary_array)  # on disk before it is named: a crash after the renames must not leave an index over lost rows
         temporary_index.write_text(json.dumps({**index, "rows": rows, "unreadable": unreadable}))
         (folder / "index.json").unlink(missing_ok=True)  # from here until the last rename no index exists: never a mismatched pair
         os.replace(temporary_array, folder / "images.npy")
@@ -188,6 +197,45 @@ def _build(folder: Path, files: Sequence[Path], records: list[list[Any]], index:
     return rows, unreadable
 
 
+def _remove_abandoned(folder: Path) -> None:
+    """The temporary files of builds on this host whose process is gone (killed): left, they would fill the disk. A build
+    in progress, here or on another host sharing the folder, keeps its files."""
+    host = socket.gethostname()
+    for path in folder.glob("*.tmp*"):
+        match = _TEMPORARY.fullmatch(path.name)
+        if match and match["host"] == host and not _alive(int(match["pid"])):
+            path.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _reserve(path: Path) -> None:
+    """Allocate the blocks of the (sparse) file at ``path`` now, so that a disk too full for it fails here with an
+    error, not later with a SIGBUS in the process that writes a row into a page with no block behind it."""
+    if not hasattr(os, "posix_fallocate"):
+        return
+    with open(path, "r+b") as file:
+        try:
+            os.posix_fallocate(file.fileno(), 0, os.fstat(file.fileno()).st_size)
+        except OSError as error:
+            if error.errno == errno.ENOSPC:
+                raise
+            # A file system that cannot allocate ahead (EOPNOTSUPP, EINVAL): writes allocate as they come.
+
+
+def _sync(path: Path) -> None:
+    with open(path, "r+b") as file:
+        os.fsync(file.fileno())
+
+
 def _remove(temporary_array: Path, temporary_index: Path) -> None:
     """The files of a build that did not finish: the array, its compacted copy and the index."""
     for path in (temporary_array, temporary_array.with_name(temporary_array.name + ".compact"), temporary_index):
@@ -201,6 +249,7 @@ def _compact(path: Path, rows: list[int]) -> None:
         return
     compacted = path.with_name(path.name + ".compact")
     kept = np.lib.format.open_memmap(compacted, mode="w+", dtype=np.uint8, shape=(len(rows), *full.shape[1:]))
+    _reserve(compacted)
     for start in range(0, len(rows), 4096):
         kept[start : start + 4096] = full[rows[start : start + 4096]]
     kept.flush()

@@ -62,9 +62,26 @@ def class_names(root: str | os.PathLike) -> list[str]:
 
 
 def _image_files(folder: Path) -> list[Path]:
-    """Every image file under ``folder``, recursively (hidden files and folders skipped), sorted for a stable order."""
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in EXTENSIONS and (p.is_file() or p.is_symlink())
-                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    """Every image file under ``folder``, recursively, sorted for a stable order. Hidden files and folders are skipped;
+    links to folders are followed (collections are often assembled from links), each folder once, so a loop of links
+    ends. A folder that cannot be listed is an error: leaving its images out would change the dataset unseen."""
+    found: list[Path] = []
+    unlisted: list[OSError] = []
+    visited: set[tuple[int, int]] = set()
+    for directory, subfolders, names in os.walk(folder, onerror=unlisted.append, followlinks=True):
+        status = os.stat(directory)
+        if (status.st_dev, status.st_ino) in visited:
+            subfolders[:] = []
+            continue
+        visited.add((status.st_dev, status.st_ino))
+        subfolders[:] = [name for name in subfolders if not name.startswith(".")]
+        # Names that are not folders: files, and broken links, which are listed so that their failure is reported.
+        found += [Path(directory, name) for name in names if not name.startswith(".") and Path(name).suffix.lower() in EXTENSIONS]
+    if unlisted:
+        listed = "\n".join(f"  {error.filename}: {error.strerror or error}" for error in unlisted[:_MAX_LISTED])
+        raise UserError(f"{len(unlisted)} folder(s) under {folder} cannot be listed:\n{listed}\n"
+                        "Make them readable (chmod), or move them out of the folder; their images would be missing otherwise.")
+    return sorted(found)
 
 
 def folder_splits(data_dir: str | os.PathLike) -> list[str]:
@@ -165,23 +182,29 @@ def _decode_with(settings: dict[str, Any], path: Path, image_size: int, mode: st
 
 
 def _decode(path: Path, image_size: int, mode: str) -> np.ndarray:
-    """One image as (S, S) uint8 for ``mode`` "L" or (S, S, 3) for "RGB", centre-cropped and resized to S = image_size.
-
-    Raises Pillow's errors (see :func:`_pillow_errors`); the cache's decoding processes collect them per file.
-    """
-    from PIL import Image, ImageOps
+    """The file at ``path`` decoded by :func:`fit_image`. Raises Pillow's errors (see :func:`_pillow_errors`); the cache's
+    decoding processes collect them per file."""
+    from PIL import Image
 
     with Image.open(path) as image:
         image.load()  # decode now, so truncated files fail here (ImageFile.LOAD_TRUNCATED_IMAGES stays off)
-        image = ImageOps.exif_transpose(image)  # phone photos store their rotation in EXIF
-        if image.mode == "F" or image.mode.startswith("I"):
-            image = _to_grayscale_uint8(Image, image)
-        elif image.mode in ("P", "PA"):
-            # Through RGBA: the palette's colours, and transparency (bytes in PNG) without Pillow's warning
-            image = image.convert("RGBA")
-        bicubic = getattr(Image, "Resampling", Image).BICUBIC  # Image.Resampling arrived in Pillow 9.1
-        image = ImageOps.fit(image.convert(mode), (image_size, image_size), method=bicubic)
-        return np.asarray(image, dtype=np.uint8)
+        return fit_image(image, image_size, mode)
+
+
+def fit_image(image: Any, image_size: int, mode: str) -> np.ndarray:
+    """A Pillow image as (S, S) uint8 for ``mode`` "L" or (S, S, 3) for "RGB", turned upright (EXIF), centre-cropped to a
+    square and resized to S = ``image_size`` (bicubic): what every image of a folder becomes, for training and embedding."""
+    from PIL import Image, ImageOps
+
+    image = ImageOps.exif_transpose(image)  # phone photos store their rotation in EXIF
+    if image.mode == "F" or image.mode.startswith("I"):
+        image = _to_grayscale_uint8(Image, image)
+    elif image.mode in ("P", "PA"):
+        # Through RGBA: the palette's colours, and transparency (bytes in PNG) without Pillow's warning
+        image = image.convert("RGBA")
+    bicubic = getattr(Image, "Resampling", Image).BICUBIC  # Image.Resampling arrived in Pillow 9.1
+    image = ImageOps.fit(image.convert(mode), (image_size, image_size), method=bicubic)
+    return np.asarray(image, dtype=np.uint8)
 
 
 def load_image_folder(split: str, data_dir: str | os.PathLike | None, *, image_size: int = 32, cache_dir: str | os.PathLike | None = None,

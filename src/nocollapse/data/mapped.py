@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from nocollapse.errors import UserError
+
 LAYOUTS = ("CHW", "CWH")  # how one image's bytes are ordered: row-major per channel, or column-major (STL-10)
 
 
@@ -113,8 +115,13 @@ class MappedImages:
         breaks = np.flatnonzero(np.diff(sorted_rows) != 1) + 1  # where a run of consecutive rows ends
         for run in np.split(np.arange(len(rows)), breaks) if len(rows) else []:
             first_row, count = int(sorted_rows[run[0]]), len(run)
-            data = _pread_exact(fd, count * self.row_bytes, self.offset + first_row * self.row_bytes, self.path)
-            out[order[run]] = np.frombuffer(data, dtype=np.uint8).reshape(count, self.row_bytes)
+            targets = order[run]
+            if count == 1 or (np.diff(targets) == 1).all():  # into consecutive rows of the batch: read in place
+                _pread_into(fd, out[targets[0] : targets[0] + count], self.offset + first_row * self.row_bytes, self.path)
+            else:  # the run lands in scattered rows of the batch (a shuffled index): read it whole, then place its rows
+                data = np.empty((count, self.row_bytes), dtype=np.uint8)
+                _pread_into(fd, data, self.offset + first_row * self.row_bytes, self.path)
+                out[targets] = data
         return self._as_images(out)
 
     def _get_tuple(self, index: tuple[Any, ...]) -> torch.Tensor:
@@ -141,8 +148,10 @@ class MappedImages:
         return rows[(within, *rest)].contiguous()
 
     def _read_run(self, start: int, count: int) -> torch.Tensor:
-        data = _pread_exact(self._descriptor(), count * self.row_bytes, self.offset + start * self.row_bytes, self.path) if count else b""
-        return self._as_images(np.frombuffer(bytearray(data), dtype=np.uint8).reshape(count, self.row_bytes))
+        rows = np.empty((count, self.row_bytes), dtype=np.uint8)
+        # Straight into the array: a whole set read through bytes would hold it twice at the peak.
+        _pread_into(self._descriptor(), rows, self.offset + start * self.row_bytes, self.path)
+        return self._as_images(rows)
 
     def _as_images(self, rows: np.ndarray) -> torch.Tensor:
         n, (c, h, w) = rows.shape[0], self.shape[1:]
@@ -155,14 +164,18 @@ class MappedImages:
         return self[0 : len(self)]
 
 
-def _pread_exact(fd: int, size: int, offset: int, path: Path) -> bytes:
-    """``size`` bytes at ``offset``; a file cut short (truncated since it was checked) is an error naming it."""
-    chunks, done = [], 0
+def _pread_into(fd: int, rows: np.ndarray, offset: int, path: Path) -> None:
+    """Fill the contiguous uint8 ``rows`` from byte ``offset``; a file cut short (truncated since it was checked) or a failed
+    read is an error naming it."""
+    buffer = memoryview(rows.reshape(-1))
+    done, size = 0, len(buffer)
     while done < size:
-        chunk = os.pread(fd, size - done, offset + done)
-        if not chunk:
-            raise OSError(f"{path} ends at byte {offset + done}, before the {size} bytes wanted at {offset}: the file was truncated; "
-                          "delete it so that it is rebuilt (a cache) or fetched again (a dataset)")
-        chunks.append(chunk)
-        done += len(chunk)
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        try:
+            count = os.preadv(fd, [buffer[done:]], offset + done)
+        except OSError as error:  # EIO from a failing disk, a network file system gone away
+            raise UserError(f"reading {path} failed ({error.strerror or error}) at byte {offset + done}; check the disk, or delete the "
+                            "file so that it is rebuilt (a cache) or fetched again (a dataset)") from error
+        if not count:
+            raise UserError(f"{path} ends at byte {offset + done}, before the {size} bytes wanted at {offset}: the file was truncated; "
+                            "delete it so that it is rebuilt (a cache) or fetched again (a dataset)")
+        done += count

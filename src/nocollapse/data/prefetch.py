@@ -94,8 +94,11 @@ class ConcatenatedImages:
         return self.shape[0]
 
     def __getitem__(self, index: Any) -> Tensor:
-        rows = torch.arange(len(self))[index] if not isinstance(index, Tensor) else index.cpu()
-        rows = rows.reshape(-1)
+        """The images ``index`` selects (an int, a slice, or a 1-D integer or boolean tensor, array or list) as one tensor."""
+        if isinstance(index, int):
+            return self[torch.tensor([index])][0]
+        # Through a tensor's own indexing: negative rows, masks and out-of-range errors as a tensor has them.
+        rows = torch.arange(len(self))[index if isinstance(index, slice) else torch.as_tensor(index).cpu()].contiguous()
         which = torch.bucketize(rows, self.starts[1:], right=True)  # the part each row falls in
         out = torch.empty((len(rows), *self.shape[1:]), dtype=torch.uint8)
         for part_index, part in enumerate(self.parts):

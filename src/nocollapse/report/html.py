@@ -23,6 +23,7 @@ from nocollapse.errors import UserError
 from nocollapse.report import plots
 from nocollapse.report.runs import RunRecord, knn_key, load_runs
 from nocollapse.train.checkpoint import atomic_write_bytes
+from nocollapse.train.run_data import UNLABELLED_PROBE_IMAGES
 
 REPORT_FILE = "index.html"
 # Settings that name or place a run rather than change what it computes: left out of "settings that differ".
@@ -187,7 +188,7 @@ def _evaluation_rows(runs: Sequence[RunRecord]) -> list[tuple[dict[str, Any], st
 
 def accuracy_table(runs: Sequence[RunRecord]) -> str:
     """Accuracies (%) of each trained encoder and of the baselines, the best of each column in bold."""
-    entries = _evaluation_rows(runs)
+    entries = [entry for entry in _evaluation_rows(runs) if any(entry[0].get(key) for key in SCORE_KEYS)]
     if not entries:
         return ""
     ks = sorted({int(k) for row, *_ in entries for k in row.get("knn", {})})
@@ -207,6 +208,15 @@ def accuracy_table(runs: Sequence[RunRecord]) -> str:
             for (row, labels, dataset, _), vals in zip(entries, values)]
     return _table(header, rows, numeric_from=3, row_classes=["baseline" if e[3] else "" for e in entries], best=best,
                   table_id="accuracy-table")
+
+
+def unscored_note(runs: Sequence[RunRecord]) -> str:
+    """A line naming the evaluated runs that have no accuracy: their data has no labelled train and test splits."""
+    unscored = [run.label for run in runs if (row := run.trained_row()) and not any(row.get(key) for key in SCORE_KEYS)]
+    if not unscored:
+        return ""
+    return (f'<p class="note">No accuracy for {html.escape(", ".join(unscored))}: accuracy needs labelled train/ and test/ splits, '
+            f"which the data has not; the geometry below needs no labels (measured on up to {UNLABELLED_PROBE_IMAGES:,} pretraining images).</p>")
 
 
 def geometry_table(runs: Sequence[RunRecord]) -> str:
@@ -362,7 +372,9 @@ def render_page(runs: Sequence[RunRecord], sections: list[tuple[str, str, list[P
              "<nav>" + "".join(f'<a href="#{i}">{html.escape(t)}</a>' for i, t in nav) + "</nav>"]
     parts += [f'<p class="note">{html.escape(note)}</p>' for note in notes]
     parts.append(f'<section id="training"><h2>What was trained</h2>{training_table(runs)}{alerts(runs)}{differing_settings(runs)}</section>')
-    accuracy = accuracy_table(runs) or '<p class="note">No run has been evaluated yet: `nocollapse eval RUN_DIR` scores one.</p>'
+    accuracy = accuracy_table(runs) + unscored_note(runs)
+    if not accuracy:
+        accuracy = '<p class="note">No run has been evaluated yet: `nocollapse eval RUN_DIR` scores one.</p>'
     parts.append('<section id="accuracy"><h2>Accuracy against the baselines</h2>'
                  '<p class="caption">Top-1 accuracy (%) on the test split: cosine kNN (temperature-weighted votes) and a linear probe on '
                  'frozen features. Grey rows are the baselines: raw pixels, and the same encoder at its initialisation. Bold: best of the column for its dataset.</p>'

@@ -10,8 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from nocollapse.config import Config
-from nocollapse.data import ImageDataset, load_dataset
-from nocollapse.data.prefetch import concatenate
+from nocollapse.data import ImageDataset
 from nocollapse.data.registry import dataset_splits
 from nocollapse.errors import UserError
 from nocollapse.eval.evaluate import RepresentationScores, format_geometry_table, format_table, score_features
@@ -20,7 +19,8 @@ from nocollapse.eval.geometry import UNIFORMITY_SAMPLES, GeometryScores, geometr
 from nocollapse.methods import Method, build_method
 from nocollapse.nn.backbones import build_backbone
 from nocollapse.train.checkpoint import load_checkpoint, save_checkpoint, save_json
-from nocollapse.train.loop import CHECKPOINT, Trainer, load_run_config, select_device, unlabelled_probe
+from nocollapse.train.loop import CHECKPOINT, load_run_config, select_device
+from nocollapse.train.run_data import load_run_data, unlabelled_probe
 
 EVAL_FILE = "eval.json"
 EMBEDDINGS_FILE = "test_embeddings.pt"
@@ -53,18 +53,14 @@ def evaluate_run(
     if not weights.is_file():
         raise UserError(f"{run_dir} has no encoder.pt: the run has not finished; `nocollapse train --resume` it first")
     device_ = select_device(device or config.run.device)
-    d = config.data
-    available = dataset_splits(d.dataset, d.data_dir)
-    load = lambda split: Trainer._held(load_dataset(d.dataset, split, d.data_dir, image_size=d.image_size, cache_dir=d.cache_dir,
-                                                    skip_unreadable=d.skip_unreadable, log=log))
-    train_set = train_set or (load("train") if "train" in available else None)
-    test_set = test_set or (load("test") if "test" in available else None)
+    if train_set is None or test_set is None:
+        data = load_run_data(config.data, pretrain=False, log=log)
+        train_set, test_set = train_set or data.train, test_set or data.test
     labelled = train_set is not None and test_set is not None
     if test_set is None:  # geometry only, of the pretraining images the monitor followed
-        splits = d.pretrain_splits or (("unlabeled",) if "unlabeled" in available else ("train",))
-        pretrain = concatenate([load_dataset(d.dataset, split, d.data_dir, image_size=d.image_size, cache_dir=d.cache_dir,
-                                             skip_unreadable=d.skip_unreadable, log=log).images for split in splits])
-        test_set = ImageDataset(images=unlabelled_probe(pretrain, config.run.seed), labels=None, classes=[], name=f"{d.dataset}/pretraining")
+        pretrain = load_run_data(config.data, log=log).pretrain_images
+        test_set = ImageDataset(images=unlabelled_probe(pretrain, config.run.seed), labels=None, classes=[],
+                                name=f"{config.data.dataset}/pretraining")
     e = config.eval
     classes = len(train_set.classes) if labelled else 0
     in_channels, image_size = test_set.images.shape[1], test_set.images.shape[-1]
@@ -135,7 +131,8 @@ def evaluate_run(
     if labelled:
         log(format_table(rows, title=f"{config.data.dataset} test split, top-1 accuracy (%)"))
     else:
-        log(f"no accuracy: it needs labelled train/ and test/ splits ({d.dataset} here has {', '.join(available) or 'none'}); "
+        available = dataset_splits(config.data.dataset, config.data.data_dir)
+        log(f"no accuracy: it needs labelled train/ and test/ splits ({config.data.dataset} here has {', '.join(available) or 'none'}); "
             f"the geometry below is of {len(test_set)} pretraining images")
     tested = len(test_set)
     log(format_geometry_table([(row.name, row.geometry) for row in rows] + projection_rows,

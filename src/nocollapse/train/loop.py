@@ -24,19 +24,18 @@ from torch.nn.parallel import DistributedDataParallel
 
 from nocollapse.augment.views import ViewGenerator
 from nocollapse.config import Config, flatten, set_value, validate
-from nocollapse.data import ImageDataset, load_dataset
-from nocollapse.data.prefetch import Prefetcher, concatenate
-from nocollapse.data.registry import dataset_splits
+from nocollapse.data.prefetch import Prefetcher
+from nocollapse.encoder import ENCODER_FILE, encoder_metadata
 from nocollapse.errors import CollapseError, NonFiniteStep, TrainingStopped, UserError
 from nocollapse.eval.checks import check_geometry_split
 from nocollapse.eval.features import encoder_features, positive_views, view_features
 from nocollapse.eval.geometry import geometry_scores
 from nocollapse.eval.knn import knn_accuracy
 from nocollapse.methods import build_method
-from nocollapse.nn.backbones import resolve_stem
 from nocollapse.train.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint, save_json, save_safetensors
 from nocollapse.train.collapse import CollapseWatch
 from nocollapse.train.distributed import gather_views, init_distributed, mean_over_processes, shutdown_distributed
+from nocollapse.train.run_data import load_run_data, unlabelled_probe
 from nocollapse.train.optim import build_optimizer, describe_param_groups, split_param_groups
 from nocollapse.progress import Progress
 from nocollapse.train.runinfo import environment
@@ -45,7 +44,6 @@ from nocollapse.train.signals import GracefulStop
 from nocollapse.train.tensorboard import TensorBoardLog
 
 CHECKPOINT = "checkpoint.pt"
-UNLABELLED_PROBE_IMAGES = 2048  # pretraining images whose geometry the monitor follows when there is no test split
 METRICS = "metrics.jsonl"
 
 
@@ -105,14 +103,6 @@ def resume_config(run_dir: Path, overrides: list[str]) -> Config:
         raise UserError(f"cannot change {', '.join(changed)} when resuming {run_dir}: only run.* (but the seed), eval.* and "
                         "data.data_dir may change; start a new run (another run.name) for other settings")
     return config
-
-
-def unlabelled_probe(images: Any, seed: int) -> Tensor:
-    """A fixed subset (drawn from ``seed``) of UNLABELLED_PROBE_IMAGES pretraining images, on the CPU: what the
-    monitor and the evaluation measure the geometry of when there is no test split."""
-    rows = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:UNLABELLED_PROBE_IMAGES].sort().values
-    device = images.device if isinstance(images, Tensor) else "cpu"
-    return images[rows.to(device)].cpu()
 
 
 def _seeded(generator: torch.Generator, *parts: int) -> torch.Generator:
@@ -188,20 +178,6 @@ class Trainer:
         """The pretraining images (``data.pretrain_splits``), held whole or streamed from disk (``data.stream``), and the
         labelled train and test splits that the monitor and the evaluation score, where the dataset has them."""
         d = self.config.data
-        available = dataset_splits(d.dataset, d.data_dir)
-        splits = d.pretrain_splits or (("unlabeled",) if "unlabeled" in available else ("train",))
-        missing = [split for split in splits if split not in available]
-        if missing and available:
-            raise UserError(f"data.pretrain_splits={','.join(splits)}: {d.dataset} has no {', '.join(missing)} split here; its splits: "
-                            f"{', '.join(available)}")
-        loaded: dict[str, ImageDataset] = {}
-
-        def load(split: str) -> ImageDataset:
-            if split not in loaded:
-                loaded[split] = load_dataset(d.dataset, split, d.data_dir, image_size=d.image_size, cache_dir=d.cache_dir,
-                                             skip_unreadable=d.skip_unreadable, progress=self.show_progress, log=self.log)
-            return loaded[split]
-
         # Under torchrun one process per node decodes a folder's cache; the others wait for it, then read it. Their wait
         # may last as long as a decode of the whole folder: a group of its own, with a timeout to match.
         shared = self.dist.enabled and torch.distributed.is_initialized()
@@ -210,15 +186,12 @@ class Trainer:
         if not first:
             torch.distributed.barrier(group=waiting)
         try:
-            self.pretrain_sets = [load(split) for split in splits]
-            labelled = "train" in available and "test" in available  # the kNN bank and the probe fit on train, score on test
-            self.train_set = self._held(load("train")) if labelled else None
-            self.test_set = self._held(load("test")) if labelled else None
+            self.data = load_run_data(d, progress=self.show_progress, log=self.log)
         finally:
             if first and shared:
                 torch.distributed.barrier(group=waiting)
-        self.skipped_files = [entry for dataset in loaded.values() for entry in dataset.skipped]
-        source = concatenate([dataset.images for dataset in self.pretrain_sets])
+        self.pretrain_sets, self.train_set, self.test_set = self.data.pretrain, self.data.train, self.data.test
+        source = self.data.pretrain_images
         self.streaming = d.stream == "disk" or (d.stream == "auto" and not self._fits_in_memory(source))
         if self.streaming:
             self.pretrain_images = source
@@ -226,14 +199,6 @@ class Trainer:
             images = source if isinstance(source, torch.Tensor) else source.load()
             self.pretrain_images = images.to(self.device) if d.on_device else images.pin_memory() if self.device.type == "cuda" else images
         self.images_on_device = not self.streaming and d.on_device
-
-    @staticmethod
-    def _held(dataset: ImageDataset) -> ImageDataset:
-        """``dataset`` with its images in memory: the labelled splits are encoded whole by every evaluation."""
-        if isinstance(dataset.images, torch.Tensor):
-            return dataset
-        return ImageDataset(images=dataset.in_memory(), labels=dataset.labels, classes=dataset.classes, name=dataset.name,
-                            skipped=dataset.skipped)
 
     def _fits_in_memory(self, images: Any) -> bool:
         """Whether ``images`` take under a quarter of the memory they would be held in (the GPU's, or RAM)."""
@@ -454,10 +419,8 @@ class Trainer:
         if self.dist.is_main:
             encoder = self.method.encoder.state_dict()
             save_checkpoint(self.run_dir / "encoder.pt", encoder)
-            m, shape = self.config.model, self.pretrain_images.shape
-            save_safetensors(self.run_dir / "encoder.safetensors", encoder, metadata={
-                "backbone": m.backbone, "widths": ",".join(map(str, m.widths)), "depth": str(m.depth), "stem": resolve_stem(m.stem, shape[-1]),
-                "in_channels": str(shape[1]), "image_size": str(shape[-1]), "method": self.config.method.name})
+            shape = self.pretrain_images.shape
+            save_safetensors(self.run_dir / ENCODER_FILE, encoder, metadata=encoder_metadata(self.config, shape[1], shape[-1]))
         return self.run_dir
 
     def close(self) -> None:
@@ -546,11 +509,11 @@ class Trainer:
 
     def _write_skipped_files(self) -> None:
         """List the files data.skip_unreadable left out in RUN_DIR/skipped_files.txt, and say so in the log."""
-        if not self.skipped_files or not self.dist.is_main:
+        if not self.data.skipped or not self.dist.is_main:
             return
         path = self.run_dir / "skipped_files.txt"
-        path.write_text("".join(f"{file}\t{why}\n" for file, why in self.skipped_files))
-        self.log(f"warning: {len(self.skipped_files)} unreadable image file(s) left out (data.skip_unreadable=true), listed in {path}")
+        path.write_text("".join(f"{file}\t{why}\n" for file, why in self.data.skipped))
+        self.log(f"warning: {len(self.data.skipped)} unreadable image file(s) left out (data.skip_unreadable=true), listed in {path}")
 
     def _skip_or_stop(self, error: CollapseError | NonFiniteStep) -> None:
         """Skip the step that raised ``error`` while ``run.max_skipped_steps`` allows; else stop with the diagnostic."""
