@@ -68,7 +68,7 @@ def test_an_unknown_key_suggests_the_closest_and_lists_its_section(key, suggesti
 
 def bad_value(key: str) -> tuple[str, str]:
     """A value out of ``key``'s range, chosen by its type, and how the error message shows it."""
-    by_key = {"preset": "..", "data.data_dir": "x\0y", "data.cache_dir": "x\0y", "run.out_dir": "x\0y", "run.name": "a/b", "run.device": "gpu"}
+    by_key = {"preset": "..", "data.data_dir": "x\0y", "data.cache_dir": "x\0y", "model.init_from": "x\0y", "run.out_dir": "x\0y", "run.name": "a/b", "run.device": "gpu"}
     if key in by_key:
         return by_key[key], repr(by_key[key])
     # Tuples of names: shown comma-separated, unquoted, as on the command line.

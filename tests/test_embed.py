@@ -15,7 +15,8 @@ from nocollapse.cli import main
 from nocollapse.config import resolve_config
 from nocollapse.embed import embed
 from nocollapse.embedding_files import EmbeddingWriter, read_embeddings
-from nocollapse.encoder import ENCODER_FORMAT, Preprocess, load_encoder
+from nocollapse import load_encoder
+from nocollapse.encoder import ENCODER_FORMAT, Preprocess
 from nocollapse.errors import UserError
 from nocollapse.eval.features import encoder_features
 from nocollapse.train.loop import Trainer

@@ -45,6 +45,7 @@ class ModelConfig:
     projector_hidden: int = 1024  # BYOL uses 4096 on ImageNet; a quarter is plenty for small encoders
     projection_dim: int = 128  # BYOL uses 256
     predictor_hidden: int = 1024  # BYOL predictor hidden width (d → h → d)
+    init_from: str | None = None  # start the encoder from trained weights: a run directory, an encoder.safetensors, or a state dict (.pt); none: random
 
 
 @dataclass
@@ -421,6 +422,7 @@ RULES: dict[str, Rule] = {
     "model.widths": tuple_of(integer(1), least=1, note=" (channels per convnet stage)"),
     "model.depth": integer(1),
     "model.zero_init_residual": BOOL,
+    "model.init_from": ((lambda v: v is None or _path(v)), "a run directory, an encoder.safetensors or a .pt state dict (path without NUL bytes), or none"),
     "model.projector_hidden": integer(1),
     "model.projection_dim": integer(1),
     "model.predictor_hidden": integer(1),

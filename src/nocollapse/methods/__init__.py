@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from torch import Tensor
+
 from nocollapse.config import Config
+from nocollapse.encoder import load_state
 from nocollapse.methods.base import Method
 from nocollapse.methods.byol import BYOL
 from nocollapse.methods.msbreg import MSBReg
@@ -14,7 +17,8 @@ from nocollapse.nn.backbones import build_backbone
 __all__ = ["BYOL", "MSBReg", "Method", "REGULARIZERS", "SFRIK", "WMSE", "build_method"]
 
 
-def build_method(config: Config, in_channels: int, image_size: int = 32) -> Method:
+def build_method(config: Config, in_channels: int, image_size: int = 32, *, encoder_state: dict[str, Tensor] | None = None,
+                 source: str = "") -> Method:
     """The method named by ``config.method.name`` on the backbone named by ``config.model.backbone``,
     with the regularizers whose weight in ``config.regularizers`` is not 0 attached; ``image_size`` (the
     images' side) settles ``model.stem=auto``.
@@ -22,10 +26,15 @@ def build_method(config: Config, in_channels: int, image_size: int = 32) -> Meth
     A method's ``forward(views, generator)`` takes (M, B, C, H, W) views and returns a dict of loss
     terms whose ``"loss"`` entry is minimised; its ``encoder`` attribute is what evaluation uses;
     methods with an EMA target also have ``update_target(momentum)``.
+
+    ``encoder_state`` (weights from ``source``, for its errors) starts the encoder from trained weights; it is loaded
+    before the method is built around it, so that an EMA target starts as the same copy.
     """
     model, method = config.model, config.method
     encoder = build_backbone(model.backbone, in_channels=in_channels, widths=model.widths, depth=model.depth, stem=model.stem,
                              zero_init_residual=model.zero_init_residual, image_size=image_size)
+    if encoder_state is not None:
+        load_state(encoder, encoder_state, source)
     heads = {"projector_hidden": model.projector_hidden, "projection_dim": model.projection_dim, "predictor_hidden": model.predictor_hidden}
     built: Method
     if method.name == "byol":

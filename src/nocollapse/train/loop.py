@@ -25,7 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 from nocollapse.augment.views import ViewGenerator
 from nocollapse.config import Config, flatten, set_value, validate
 from nocollapse.data.prefetch import Prefetcher
-from nocollapse.encoder import ENCODER_FILE, encoder_metadata
+from nocollapse.encoder import ENCODER_FILE, encoder_metadata, file_sha256, read_weights
 from nocollapse.errors import CollapseError, NonFiniteStep, TrainingStopped, UserError
 from nocollapse.eval.checks import check_geometry_split
 from nocollapse.eval.features import encoder_features, positive_views, view_features
@@ -135,7 +135,10 @@ class Trainer:
         self._load_data()
         self._check_data()
         images = self.pretrain_images
-        self.method = build_method(config, in_channels=images.shape[1], image_size=images.shape[-1]).to(self.device)
+        # The starting weights: a resume takes them (and everything else) from its checkpoint instead.
+        start = read_weights(config.model.init_from) if config.model.init_from and not resume else None
+        self.method = build_method(config, in_channels=images.shape[1], image_size=images.shape[-1], encoder_state=start and start[0],
+                                   source=str(start[2]) if start else "").to(self.device)
         if self.dist.enabled:
             if config.distributed.gather:
                 self.method.gather_batch = gather_views
@@ -169,7 +172,8 @@ class Trainer:
         elif self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_json(self.run_dir / "config.json", config.to_dict())
-            save_json(self.run_dir / "environment.json", environment(self.device, self.dist.world_size))
+            started_from = {"init_from": {"path": str(start[2].resolve()), "sha256": file_sha256(start[2])}} if start else {}
+            save_json(self.run_dir / "environment.json", {**environment(self.device, self.dist.world_size), **started_from})
             (self.run_dir / METRICS).unlink(missing_ok=True)
             if config.run.tensorboard:
                 self.tensorboard = TensorBoardLog(self.run_dir / "tensorboard")
