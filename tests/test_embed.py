@@ -138,9 +138,9 @@ def test_a_dataset_split_gives_its_labels_and_the_evaluation_features_and_projec
 def test_every_format_reads_back_the_same_rows_sources_and_labels(tmp_path, suffix):
     if suffix == ".parquet":
         pytest.importorskip("pyarrow")
-    rows = torch.randn(7, 5)
-    sources = ["a.png", "tab\there.jpg", "new\nline.png", "back\\slash.png", "é日.png", "x:test:5", "y"]
-    labels = [None, 3, None, 0, 1, 9, None]
+    rows = torch.randn(8, 5)
+    sources = ["a.png", "tab\there.jpg", "new\nline.png", "line\u2028separator.png", "back\\slash.png", "é日.png", "x:test:5", "y"]
+    labels = [None, 3, None, 4, 0, 1, 9, None]
     writer = EmbeddingWriter(tmp_path / f"out{suffix}", 5, {"what": "features"})
     writer.write(rows[:3], sources[:3], labels[:3])
     writer.write(rows[3:], sources[3:], labels[3:])

@@ -10,6 +10,7 @@ from nocollapse.cli import main
 from nocollapse.config import resolve_config
 from nocollapse.encoder import file_sha256
 from nocollapse.errors import UserError
+from nocollapse.train.evaluation import evaluate_run
 from nocollapse.train.loop import Trainer
 
 
@@ -56,3 +57,22 @@ def test_another_architecture_is_refused_naming_the_first_tensor_that_does_not_f
     code = main(["train", "--no-eval", "--no-report", "--data-dir", str(data), *TINY_RUN, f"run.out_dir={root}", "run.name=missing",
                  "run.device=cpu", f"model.init_from={root / 'nowhere'}"])
     assert code == 2 and "does not exist: pass a run directory, an encoder.safetensors or a state dict" in capsys.readouterr().err
+
+
+def test_eval_encoder_scores_foreign_weights_as_their_own_run_did(source_run, tmp_path, capsys):
+    """The encoder file alone, scored by `eval --encoder`: the same table as the run's own evaluation."""
+    root, data = source_run
+    own = [row.to_dict() for row in evaluate_run(root / "source", log=lambda *_: None)]
+    alone = tmp_path / "shipped" / "encoder.safetensors"
+    alone.parent.mkdir()
+    alone.write_bytes((root / "source" / "encoder.safetensors").read_bytes())
+    code = main(["eval", "--encoder", str(alone), "--dataset", "fashion-mnist", "--data-dir", str(data), "--out", str(tmp_path / "scored"),
+                 "--device", "cpu", "--no-report", *[item for item in TINY_RUN if item.startswith("eval.")]])
+    assert code == 0
+    scored = json.loads((tmp_path / "scored" / "eval.json").read_text())["rows"]
+    assert [row["knn"] for row in scored] == [row["knn"] for row in own]
+    assert [row["linear"] for row in scored] == [row["linear"] for row in own]
+    recorded = json.loads((tmp_path / "scored" / "environment.json").read_text())["evaluated_encoder"]
+    assert recorded["sha256"] == file_sha256(alone)
+    assert main(["eval", "--encoder", str(alone), "--dataset", "cifar10", "--out", str(tmp_path / "x")]) == 2
+    assert "takes 28-px images; cifar10's are 32 px" in capsys.readouterr().err

@@ -188,6 +188,8 @@ def test_splits_concatenated_read_as_the_stacked_array(npy, array):
     for index in (0, 5, -1, slice(2, 9), slice(None, None, 3), [16, 0, 4, 3], np.array([7, 7, 1])):
         same(both[index], want[index])
     same(both[torch.tensor([3, 4, 12])], want[[3, 4, 12]])
+    same(both[torch.tensor(5)], want[5])
+    same(both[np.int64(-2)], want[-2])
     mask = np.arange(len(want)) % 3 == 0
     same(both[torch.from_numpy(mask)], want[mask])
     same(both.load(), want)

@@ -19,6 +19,8 @@ EXAMPLES = """examples:
                                                     your own images: DIR/unlabeled/** (+ train/<class>/, test/<class>/ to score)
   nocollapse train --resume run.name=long           continue an interrupted run exactly where its checkpoint left it
   nocollapse eval runs/fmnist-byol-seed0            re-evaluate a saved run
+  nocollapse eval --encoder FILE.safetensors --dataset fashion-mnist --out runs/scored
+                                                    score an encoder no run trained, beside the same baselines
   nocollapse embed runs/fmnist-byol-seed0 photos/ --out emb.npy
                                                     embeddings of new images (files, folders, fashion-mnist:test), one row each
   nocollapse report runs/a runs/b --out cmp/        one HTML page comparing runs (plots, tables, baselines)
@@ -48,8 +50,16 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--no-report", action="store_true", help="do not write the HTML report (RUN_DIR/report/index.html) at the end")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    evaluate = commands.add_parser("eval", help="re-evaluate a saved run", description="Evaluate RUN_DIR/encoder.pt with the run's own settings (eval.* overrides allowed).")
-    evaluate.add_argument("run_dir", type=Path)
+    evaluate = commands.add_parser("eval", help="re-evaluate a saved run, or score any encoder",
+                                   description="Evaluate RUN_DIR/encoder.pt with the run's own settings (eval.* overrides allowed), or with "
+                                               "--encoder PATH --dataset NAME an encoder no run trained (a run directory, an "
+                                               "encoder.safetensors, or a .pt state dict beside its config.json), beside the same baselines.")
+    evaluate.add_argument("run_dir", type=Path, nargs="?", help="a run directory (leave out with --encoder)")
+    evaluate.add_argument("--encoder", type=Path, help="score this encoder instead of a run's")
+    evaluate.add_argument("--dataset", help="with --encoder: the dataset to score it on (fashion-mnist, cifar10, cifar100, stl10, image-folder)")
+    evaluate.add_argument("--data-dir", help="with --encoder: where the dataset's files are")
+    evaluate.add_argument("--out", type=Path, help="with --encoder: the directory for config.json, eval.json and the report "
+                                                   "(default runs/eval-<encoder name>)")
     evaluate.add_argument("overrides", nargs="*", metavar="key=value", help="eval.* or data.data_dir overrides, e.g. eval.knn_k=5,20,200")
     evaluate.add_argument("--device", help="auto | cpu | cuda | cuda:N")
     evaluate.add_argument("--no-report", action="store_true", help="do not rewrite the run's HTML report")
@@ -151,6 +161,21 @@ def run_eval(args: argparse.Namespace) -> None:
     from nocollapse.train.evaluation import evaluate_run
     from nocollapse.train.loop import load_run_config
 
+    if args.encoder is not None:
+        from nocollapse.train.evaluation import evaluate_encoder
+
+        if args.run_dir is not None and "=" in str(args.run_dir):  # argparse gave the first override the RUN_DIR slot
+            args.overrides, args.run_dir = [str(args.run_dir), *args.overrides], None
+        if args.run_dir is not None or not args.dataset:
+            raise UserError("eval --encoder PATH needs --dataset NAME and no RUN_DIR")
+        name = args.encoder.parent.name if args.encoder.suffix else args.encoder.name
+        out = args.out or Path("runs") / f"eval-{name or 'encoder'}"
+        evaluate_encoder(args.encoder, args.dataset, out, data_dir=args.data_dir, overrides=args.overrides, device=args.device)
+        if not args.no_report:
+            write_run_report(out)
+        return
+    if args.run_dir is None:
+        raise UserError("eval needs RUN_DIR, or --encoder PATH --dataset NAME")
     config = load_run_config(args.run_dir)
     for text in args.overrides:
         key, sep, value = text.partition("=")

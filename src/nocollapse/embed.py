@@ -221,6 +221,7 @@ def embed(model: str | os.PathLike, inputs: Sequence[str | os.PathLike], out: st
             raise UserError("none of the images can be read: nothing to write")
         writer.finish()
     except BaseException:
+        bar.close()
         writer.abort()
         raise
     skipped = sorted(unreadable.items())

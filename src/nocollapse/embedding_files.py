@@ -30,6 +30,7 @@ from torch import Tensor
 from nocollapse.errors import UserError
 
 FORMATS = (".npy", ".safetensors", ".parquet")
+SAFETENSORS_HEADER_LIMIT = 100_000_000  # bytes: safetensors refuses larger headers, where the sources are kept
 _COPY_ROWS = 8192  # rows copied at a time when a file is assembled: memory stays small whatever N
 
 
@@ -73,6 +74,7 @@ class EmbeddingWriter:
         self.path, self.dim, self.metadata = Path(path), dim, dict(metadata)
         self.sources: list[str] = []
         self.labels: list[int] = []
+        self._source_bytes = 0
         owner = f"{socket.gethostname()}.{os.getpid()}"
         self._rows = self.path.with_name(f".{self.path.name}.{owner}.rows.tmp")
         self._final = {file: file.with_name(f".{file.name}.{owner}.tmp") for file in output_files(self.path)}
@@ -98,6 +100,12 @@ class EmbeddingWriter:
             if self._parquet is not None:
                 self._write_parquet(values, sources, labels)
             else:
+                if self.path.suffix == ".safetensors":
+                    self._source_bytes += sum(len(json.dumps(source)) + 2 for source in sources) * 2  # escaped twice in the header
+                    if self._source_bytes > SAFETENSORS_HEADER_LIMIT:
+                        raise UserError(f"{self.path}: the sources of {self.count + len(values)} rows would pass the safetensors header "
+                                        f"limit ({SAFETENSORS_HEADER_LIMIT // 10**6} MB), and readers would refuse the file; write .npy or "
+                                        ".parquet for this many images")
                 self._file.write(values.tobytes())
                 self.sources += sources
                 self.labels += [-1 if label is None else int(label) for label in labels]
@@ -141,11 +149,11 @@ class EmbeddingWriter:
         return self.path
 
     def _assemble_npy(self, rows: np.ndarray) -> None:
-        array = np.lib.format.open_memmap(self._final[self.path], mode="w+", dtype=np.float32, shape=(self.count, self.dim))
-        for start in range(0, self.count, _COPY_ROWS):
-            array[start : start + _COPY_ROWS] = rows[start : start + _COPY_ROWS]
-        array.flush()
-        del array
+        # Written, not mapped: a full disk is then an error from write(), never a SIGBUS from a page with no block.
+        with open(self._final[self.path], "wb") as file:
+            np.lib.format.write_array_header_1_0(file, {"descr": "<f4", "fortran_order": False, "shape": (self.count, self.dim)})
+            for start in range(0, self.count, _COPY_ROWS):
+                file.write(np.ascontiguousarray(rows[start : start + _COPY_ROWS]).astype("<f4").tobytes())
         lines = ["source\tlabel"] + [f"{_one_line(source)}\t{'' if label < 0 else label}" for source, label in zip(self.sources, self.labels)]
         self._final[index_path(self.path)].write_text("\n".join(lines) + "\n", encoding="utf-8")
 
@@ -206,7 +214,7 @@ def read_embeddings(path: str | os.PathLike) -> tuple[Tensor, list[str], list[in
     path = Path(path)
     if path.suffix == ".npy":
         embeddings = torch.from_numpy(np.load(path))
-        lines = index_path(path).read_text(encoding="utf-8").splitlines()[1:]
+        lines = index_path(path).read_text(encoding="utf-8").split("\n")[1:-1]  # not splitlines: U+2028 and others are legal in names
         fields = [line.rsplit("\t", 1) for line in lines]
         return embeddings, [_unescape(source) for source, _ in fields], [int(label) if label else None for _, label in fields]
     if path.suffix == ".safetensors":

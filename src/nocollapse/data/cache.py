@@ -37,6 +37,7 @@ from nocollapse.progress import Progress
 CACHE_VERSION = 1
 CACHE_DIR_ENV = "NOCOLLAPSE_CACHE_DIR"
 _CHUNK = 64  # images per task sent to a decoding process: large enough to amortise the hand-over
+_CANNOT_RESERVE = {errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL, errno.ENOSYS}  # posix_fallocate unsupported here
 _TEMPORARY = re.compile(r"(images\.npy|index\.json)\.(?P<host>.+)\.(?P<pid>\d+)\.tmp(\.compact)?")  # a build's files, by owner
 
 
@@ -139,6 +140,7 @@ def _build(folder: Path, files: Sequence[Path], records: list[list[Any]], index:
     needed = len(files) * row_bytes + 4096
     try:
         folder.mkdir(parents=True, exist_ok=True)
+        _remove_abandoned(folder)  # before the space check: what they hold may be the space that is missing
         free = shutil.disk_usage(folder).free
     except OSError as error:
         raise UserError(f"cannot create the image cache in {folder} ({error.strerror or error}); set data.cache_dir to a writable "
@@ -146,7 +148,6 @@ def _build(folder: Path, files: Sequence[Path], records: list[list[Any]], index:
     if free < needed:
         raise UserError(f"the image cache of {len(files)} images at {size} px needs {_size(needed)} in {folder.parent}, which has "
                         f"{_size(free)} free; free space or set data.cache_dir to another disk")
-    _remove_abandoned(folder)
     owner = f"{socket.gethostname()}.{os.getpid()}"
     temporary_array, temporary_index = folder / f"images.npy.{owner}.tmp", folder / f"index.json.{owner}.tmp"
     log(f"decoding {len(files)} images of {folder.name.split('-')[0]} to {size}×{size} into {folder} (once; later runs reuse it)")
@@ -226,9 +227,9 @@ def _reserve(path: Path) -> None:
         try:
             os.posix_fallocate(file.fileno(), 0, os.fstat(file.fileno()).st_size)
         except OSError as error:
-            if error.errno == errno.ENOSPC:
-                raise
-            # A file system that cannot allocate ahead (EOPNOTSUPP, EINVAL): writes allocate as they come.
+            if error.errno not in _CANNOT_RESERVE:
+                raise  # ENOSPC, EDQUOT, EFBIG: the build would fail later, as a SIGBUS
+            # A file system that cannot allocate ahead: writes allocate as they come.
 
 
 def _sync(path: Path) -> None:

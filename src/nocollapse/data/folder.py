@@ -74,9 +74,10 @@ def _image_files(folder: Path) -> list[Path]:
             subfolders[:] = []
             continue
         visited.add((status.st_dev, status.st_ino))
-        subfolders[:] = [name for name in subfolders if not name.startswith(".")]
-        # Names that are not folders: files, and broken links, which are listed so that their failure is reported.
-        found += [Path(directory, name) for name in names if not name.startswith(".") and Path(name).suffix.lower() in EXTENSIONS]
+        subfolders[:] = sorted(name for name in subfolders if not name.startswith("."))  # sorted: a linked folder gets one path
+        # Regular files, and broken links, which are listed so that their failure is reported (never a FIFO: it would block).
+        found += [path for name in names if not name.startswith(".") and Path(name).suffix.lower() in EXTENSIONS
+                  and ((path := Path(directory, name)).is_file() or path.is_symlink())]
     if unlisted:
         listed = "\n".join(f"  {error.filename}: {error.strerror or error}" for error in unlisted[:_MAX_LISTED])
         raise UserError(f"{len(unlisted)} folder(s) under {folder} cannot be listed:\n{listed}\n"

@@ -13,6 +13,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -95,8 +96,10 @@ class ConcatenatedImages:
 
     def __getitem__(self, index: Any) -> Tensor:
         """The images ``index`` selects (an int, a slice, or a 1-D integer or boolean tensor, array or list) as one tensor."""
-        if isinstance(index, int):
-            return self[torch.tensor([index])][0]
+        if isinstance(index, (torch.Tensor, np.ndarray)) and index.ndim == 0 and index.dtype not in (torch.bool, np.bool_):
+            index = int(index)  # a 0-d integer tensor selects one image, as an int does
+        if isinstance(index, (int, np.integer)):
+            return self[torch.tensor([int(index)])][0]
         # Through a tensor's own indexing: negative rows, masks and out-of-range errors as a tensor has them.
         rows = torch.arange(len(self))[index if isinstance(index, slice) else torch.as_tensor(index).cpu()].contiguous()
         which = torch.bucketize(rows, self.starts[1:], right=True)  # the part each row falls in

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from nocollapse.config import Config
+from nocollapse.config import Config, resolve_config
+from nocollapse.encoder import file_sha256, load_encoder, read_weights
+from nocollapse.train.runinfo import environment
 from nocollapse.data import ImageDataset
-from nocollapse.data.registry import dataset_splits
+from nocollapse.data.registry import NATIVE_SIZE, dataset_splits
 from nocollapse.errors import UserError
 from nocollapse.eval.evaluate import RepresentationScores, format_geometry_table, format_table, score_features
 from nocollapse.eval.features import encoder_features, pixel_features, positive_views, view_features
@@ -25,6 +27,39 @@ from nocollapse.train.run_data import load_run_data, unlabelled_probe
 EVAL_FILE = "eval.json"
 EMBEDDINGS_FILE = "test_embeddings.pt"
 MAP_SAMPLES = 2000  # test images whose embeddings are kept for the report's 2-D map (t-SNE is O(N²))
+
+
+def evaluate_encoder(model: str | Path, dataset: str, out_dir: Path, *, data_dir: str | None = None, overrides: Sequence[str] = (),
+                     device: str | None = None, log: Callable[[str], object] = print) -> list[RepresentationScores]:
+    """Score an encoder that no run of ours trained (anything :func:`~nocollapse.encoder.load_encoder` takes) on
+    ``dataset``, as :func:`evaluate_run` scores a run: ``out_dir`` becomes a run directory holding its config.json
+    (the architecture and the preprocessing read from the encoder, ``overrides`` of eval.* on top), encoder.pt and
+    eval.json. The random-encoder baseline is the same architecture initialised from ``run.seed``."""
+    encoder, preprocess, header = load_encoder(model)
+    if dataset != "image-folder" and NATIVE_SIZE.get(dataset) not in (None, preprocess.image_size):
+        raise UserError(f"{model} takes {preprocess.image_size}-px images; {dataset}'s are {NATIVE_SIZE[dataset]} px. Evaluate it on an "
+                        f"image folder (--dataset image-folder --data-dir DIR, resized to {preprocess.image_size} px) or on a dataset of its size")
+    bad = [text for text in overrides if not text.startswith("eval.") and not text.startswith("data.cache_dir=")]
+    if bad:
+        raise UserError(f"eval --encoder accepts only eval.* and data.cache_dir overrides, got {bad[0]!r}")
+    floats = lambda values: ",".join(map(repr, values))
+    settings = [f"data.dataset={dataset}", f"model.backbone={header['backbone']}", f"model.widths={header['widths']}",
+                f"model.depth={header['depth']}", f"model.stem={header['stem']}", f"augment.mean={floats(preprocess.mean)}",
+                f"augment.std={floats(preprocess.std)}", f"run.name={out_dir.name}", f"run.out_dir={out_dir.parent}"]
+    if data_dir:
+        settings.append(f"data.data_dir={data_dir}")
+    if dataset == "image-folder":
+        settings.append(f"data.image_size={preprocess.image_size}")
+    config = resolve_config("fmnist", [*settings, *overrides])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_json(out_dir / "config.json", config.to_dict())
+    source = read_weights(model)[2]
+    save_json(out_dir / "environment.json", {**environment(select_device(device or config.run.device)),
+                                             "evaluated_encoder": {"path": str(source.resolve()), "sha256": file_sha256(source)}})
+    save_checkpoint(out_dir / "encoder.pt", encoder.state_dict())
+    log(f"evaluating {model} ({header['backbone']} {header['widths']}, {preprocess.in_channels}×{preprocess.image_size}×"
+        f"{preprocess.image_size}) on {dataset}, into {out_dir}")
+    return evaluate_run(out_dir, config, device=device, log=log)
 
 
 def evaluate_run(
