@@ -81,6 +81,14 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     embed.add_argument("--quiet", action="store_true", help="no progress bar")
 
+    export = commands.add_parser("export", help="write the trained encoder as ONNX or TorchScript, for serving",
+                                 description="The encoder alone, input 'images' (B, C, S, S) float32 already preprocessed, output "
+                                             "'features'; the preprocessing contract is in the file's metadata. ONNX needs `pip install onnx`.")
+    export.add_argument("model", type=Path, metavar="RUN_DIR", help="a run directory, or an encoder.safetensors")
+    export.add_argument("--format", required=True, choices=("onnx", "torchscript"))
+    export.add_argument("--out", required=True, type=Path, help="the file to write")
+    export.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+
     report = commands.add_parser("report", help="write an HTML page with plots and tables for one or more runs",
                                  description="One self-contained HTML page (PNG plots inline, also saved beside it): loss terms, kNN over "
                                              "epochs, lr and τ, alignment/uniformity/RankMe over epochs, singular spectra, t-SNE maps, and "
@@ -195,6 +203,12 @@ def run_embed(args: argparse.Namespace) -> None:
           skip_unreadable=args.skip_unreadable, force=args.force, progress=not args.quiet)
 
 
+def run_export(args: argparse.Namespace) -> None:
+    from nocollapse.export import export_encoder
+
+    export_encoder(args.model, args.out, format=args.format, force=args.force)
+
+
 def run_report(args: argparse.Namespace) -> None:
     from nocollapse.report import write_report
 
@@ -228,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    handlers = {"train": run_train, "eval": run_eval, "embed": run_embed, "report": run_report, "config": run_config, "download": run_download}
+    handlers = {"train": run_train, "eval": run_eval, "embed": run_embed, "export": run_export, "report": run_report, "config": run_config, "download": run_download}
     try:
         handlers[args.command](args)
     except UserError as error:
