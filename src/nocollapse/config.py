@@ -137,7 +137,7 @@ class RunConfig:
     device: str = "auto"  # auto (cuda if available, else cpu) | cpu | cuda | cuda:N
     out_dir: str = "runs"  # runs are written to out_dir/name
     name: str = ""  # run directory name; empty: <preset>-<method>-seed<seed>
-    amp: bool = True  # bf16 autocast on CUDA for training and the epoch monitor (ignored on CPU, where bf16 is slower); losses and the final evaluation always run in float32
+    amp: str = "auto"  # bf16 autocast for training and the epoch monitor: auto (on CUDA, and on CPUs with AMX or AVX-512 BF16 units; float32 elsewhere, where bf16 is slower) | true | false; losses and the final evaluation always run in float32
     channels_last: bool = True  # memory format of the conv nets: faster on CPU and on tensor cores
     compile: bool = False  # torch.compile the method (GPU; the first steps are slow while it compiles)
     log_every: int = 20  # steps between metric lines (each costs a device sync)
@@ -332,7 +332,8 @@ def _parse_scalar(text: Any, annotation: Any) -> Any:
             return int(text.strip() if isinstance(text, str) else text)
         if annotation is float:
             return float(text)
-        return str(text)
+        # A saved config of before run.amp took "auto" holds true/false as JSON booleans.
+        return str(text).lower() if isinstance(text, bool) else str(text)
     except (TypeError, ValueError, OverflowError):
         raise ValueError(text) from None
 
@@ -370,6 +371,7 @@ def unknown_key_message(key: str) -> str:
 CHOICES: dict[str, tuple[Any, ...]] = {
     "data.dataset": ("fashion-mnist", "cifar10", "cifar100", "stl10", "image-folder"),
     "data.stream": ("auto", "memory", "disk"),
+    "run.amp": ("auto", "true", "false"),  # nocollapse.train.amp
     "model.backbone": ("convnet", "resnet18", "resnet34", "resnet50"),
     "model.stem": ("auto", "cifar", "imagenet"),
     "method.name": ("byol", "wmse", "msbreg", "sfrik"),
@@ -470,7 +472,6 @@ RULES: dict[str, Rule] = {
     "run.out_dir": (_path, "a directory path without NUL bytes"),
     "run.name": ((lambda v: v == "" or _plain_name(v)),
                  "empty (the default <preset>-<method>-seed<seed>) or a plain directory name: not blank, '.' or '..', without path separators or NUL bytes"),
-    "run.amp": BOOL,
     "run.channels_last": BOOL,
     "run.compile": BOOL,
     "run.log_every": integer(1),

@@ -1,7 +1,7 @@
 """Evaluation of frozen representations: kNN, linear probe, geometry, and the tables with baselines."""
 
 from nocollapse.eval.evaluate import RepresentationScores, format_geometry_table, format_table, score_features
-from nocollapse.eval.features import encoder_features, pixel_features, positive_views, view_features
+from nocollapse.eval.features import encoder_features, pixel_features, positive_views, projection_features, view_features
 from nocollapse.eval.geometry import GeometryScores, class_separability, embedding_std, geometry_scores, rankme, singular_spectrum
 from nocollapse.eval.knn import knn_accuracies, knn_accuracy, knn_predict
 from nocollapse.eval.linear import linear_probe
@@ -21,6 +21,7 @@ __all__ = [
     "linear_probe",
     "pixel_features",
     "positive_views",
+    "projection_features",
     "rankme",
     "score_features",
     "singular_spectrum",

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
 from nocollapse.augment.views import AugmentConfig, ViewGenerator
+
+if TYPE_CHECKING:
+    from nocollapse.methods import Method
 
 ALIGNMENT_IMAGES = 2048  # test images whose augmented views give the positive pairs of the alignment score
 ALIGNMENT_SEED = 0  # fixed, not the run's seed: every run is measured on the same views of the same images
@@ -37,7 +41,7 @@ def _eval_outputs(
     """``forward(x)`` (default ``network(x)``) of each standardised batch, float32, with ``network`` in
     eval mode; its train/eval mode is restored afterwards, also when the forward fails.
 
-    ``amp`` (bf16 autocast, CUDA only) moves kNN accuracy by up to ~0.2 points: on Fashion-MNIST
+    ``amp`` (bf16 autocast) moves kNN accuracy by up to ~0.2 points: on Fashion-MNIST
     under CPU bf16 autocast (``benchmarks/eval_precision.py``: a 10k-image bank, 5k test images, k = 20)
     the random-init default ConvNet scored +0.20 and +0.22 points on two subsets, the same ConvNet after
     300 supervised steps −0.04; the features were within 3–5e-3 relative of float32. Good enough for the
@@ -53,7 +57,7 @@ def _eval_outputs(
         for x in batches:
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                 chunks.append(forward(x).float())
     finally:
         network.train(was_training)
@@ -70,15 +74,16 @@ def encoder_features(
     batch_size: int = 1024,
     device: torch.device | str | None = None,
     channels_last: bool = False,
-    amp: bool = True,
+    amp: bool = False,
     forward: Callable[[Tensor], Tensor] | None = None,
 ) -> Tensor:
     """(N, D) float32 features of uint8 ``images`` from ``encoder`` in eval mode, no augmentation.
 
-    On CUDA the forward pass runs under bf16 autocast when ``amp``. The encoder's train/eval mode is
+    The forward pass runs under bf16 autocast when ``amp``. The encoder's train/eval mode is
     restored afterwards. Features come back on ``device`` (default: the encoder's device); images move
     there one batch at a time, so the dataset may stay on the CPU. ``forward`` replaces
-    ``encoder(x)``: ``encoder_features(method, images, forward=method.embed)`` gives the projections.
+    ``encoder(x)``: ``encoder_features(method, images, forward=method.embed)`` gives the projections
+    (:func:`projection_features` gives them from features already extracted).
     """
     device = torch.device(device) if device is not None else next(encoder.parameters()).device
     batches = (normalize_images(images[start : start + batch_size].to(device, non_blocking=True), mean, std)
@@ -95,7 +100,7 @@ def view_features(
     std: Sequence[float] = (),
     batch_size: int = 1024,
     channels_last: bool = False,
-    amp: bool = True,
+    amp: bool = False,
     forward: Callable[[Tensor], Tensor] | None = None,
 ) -> Tensor:
     """(M, B, D) float32 features of (M, B, C, H, W) views in [0, 1] (:func:`positive_views`), as
@@ -105,6 +110,15 @@ def view_features(
     flat = views.flatten(0, 1)  # (M·B, C, H, W); eval-mode BatchNorm does not mix samples, so batches may span views
     batches = (standardize(flat[start : start + batch_size], mean, std) for start in range(0, flat.shape[0], batch_size))
     return _eval_outputs(encoder, batches, forward, views.device, channels_last, amp).view(num_views, count, -1)
+
+
+@torch.no_grad()
+def projection_features(method: Method, features: Tensor, *, batch_size: int = 1024, amp: bool = False) -> Tensor:
+    """(..., d) float32 projections of (..., D) encoder ``features`` (:func:`encoder_features`, :func:`view_features`)
+    through ``method``'s head in eval mode: the projections of the images without a second pass through the encoder."""
+    flat = features.flatten(0, -2)
+    batches = (flat[start : start + batch_size] for start in range(0, flat.shape[0], batch_size))
+    return _eval_outputs(method, batches, method.project, features.device, False, amp).view(*features.shape[:-1], -1)
 
 
 def positive_views(

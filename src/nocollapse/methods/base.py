@@ -32,7 +32,7 @@ class Method(nn.Module, ABC):
     """A self-supervised method: :meth:`objective` gives its loss terms and online projections;
     :meth:`forward` adds the attached regularizers and the total.
 
-    Subclasses set ``encoder`` (what evaluation uses) and implement :meth:`objective` and :meth:`embed`;
+    Subclasses set ``encoder`` (what evaluation uses) and implement :meth:`objective` and :meth:`project`;
     methods with an EMA target also implement ``update_target(momentum)`` and override
     :meth:`online_networks`.
 
@@ -55,10 +55,15 @@ class Method(nn.Module, ABC):
         (M, B, d) online projections of the (M, B, C, H, W) views, which regularizers see."""
 
     @abstractmethod
+    def project(self, features: Tensor) -> Tensor:
+        """(B, d) online projections of (B, D) encoder features: the head between the encoder and the loss."""
+
     def embed(self, images: Tensor) -> Tensor:
         """(B, d) online projections of a (B, C, H, W) batch: where the loss terms act.
 
-        Evaluation measures their geometry beside the encoder's; the caller picks train or eval mode."""
+        Evaluation measures their geometry beside the encoder's; the caller picks train or eval mode. Given the
+        features already, :meth:`project` them instead of a second pass through the encoder."""
+        return self.project(self.encoder(images))
 
     def online_networks(self) -> nn.Module:
         """The networks the optimiser trains (regularizers on weights see these, never a target)."""

@@ -49,8 +49,8 @@ class BYOL(Method):
         projections, predictions, targets = self.branches(views)
         return {"byol": byol_loss(predictions, targets)}, projections
 
-    def embed(self, images: Tensor) -> Tensor:
-        return self.projector(self.encoder(images))
+    def project(self, features: Tensor) -> Tensor:
+        return self.projector(features)
 
     def online_networks(self) -> nn.Module:
         return nn.ModuleList([self.encoder, self.projector, self.predictor])

@@ -58,5 +58,5 @@ class SFRIK(Method):
         return {"invariance": self.invariance * alignment_loss(projections) / dim,
                 "mmd": self.mmd * kernel_uniformity(self.gather_batch(projections), self.kernel)}, projections
 
-    def embed(self, images: Tensor) -> Tensor:
-        return self.projector(self.encoder(images))
+    def project(self, features: Tensor) -> Tensor:
+        return self.projector(features)

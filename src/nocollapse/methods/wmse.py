@@ -47,5 +47,5 @@ class WMSE(Method):
         whitened = whitened_mse(self.gather_batch(embeddings), w_size=self.w_size, w_iter=self.w_iter, eps=self.eps)
         return {"wmse": whitened}, embeddings
 
-    def embed(self, images: Tensor) -> Tensor:
-        return self.head(self.encoder(images))
+    def project(self, features: Tensor) -> Tensor:
+        return self.head(features)

@@ -28,10 +28,11 @@ from nocollapse.data.prefetch import Prefetcher
 from nocollapse.encoder import ENCODER_FILE, encoder_metadata, file_sha256, read_weights
 from nocollapse.errors import CollapseError, NonFiniteStep, TrainingStopped, UserError
 from nocollapse.eval.checks import check_geometry_split
-from nocollapse.eval.features import encoder_features, positive_views, view_features
+from nocollapse.eval.features import encoder_features, positive_views, projection_features, view_features
 from nocollapse.eval.geometry import geometry_scores
 from nocollapse.eval.knn import knn_accuracy
 from nocollapse.methods import build_method
+from nocollapse.train.amp import describe_precision, use_bf16
 from nocollapse.train.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint, save_json, save_safetensors
 from nocollapse.train.collapse import CollapseWatch
 from nocollapse.train.distributed import gather_views, init_distributed, mean_over_processes, shutdown_distributed
@@ -45,6 +46,7 @@ from nocollapse.train.tensorboard import TensorBoardLog
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
+MONITOR_VIEWS_KEPT = 256 * 2**20  # bytes of alignment views the monitor keeps between epochs (the default run's: 13 MB)
 
 
 def select_device(name: str, local_rank: int = 0) -> torch.device:
@@ -125,6 +127,7 @@ class Trainer:
         self.show_progress = progress and self.dist.is_main
         self.log = log if self.dist.is_main else (lambda *_: None)
         self.device = select_device(config.run.device, self.dist.local_rank)
+        self.bf16 = use_bf16(config.run.amp, self.device)
         checkpoint_path = self.run_dir / CHECKPOINT
         if resume and not checkpoint_path.exists():
             raise UserError(f"--resume: no checkpoint in {self.run_dir}; start without --resume")
@@ -162,6 +165,7 @@ class Trainer:
         self.last_skipped_step = -1
         self.collapse_watch = CollapseWatch(config.model.projection_dim)
         self.tensorboard: TensorBoardLog | None = None
+        self._kept_monitor_views: Tensor | None = None
         self._last_window: dict[str, Any] | None = None  # the last metric window, all finite: the diagnostic's "before"
         # DDP averages the online networks' gradients over the processes (the EMA target has none).
         losses = DistributedDataParallel(self.method, device_ids=[self.device] if self.device.type == "cuda" else None) if self.dist.enabled else self.method
@@ -173,7 +177,8 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_json(self.run_dir / "config.json", config.to_dict())
             started_from = {"init_from": {"path": str(start[2].resolve()), "sha256": file_sha256(start[2])}} if start else {}
-            save_json(self.run_dir / "environment.json", {**environment(self.device, self.dist.world_size), **started_from})
+            save_json(self.run_dir / "environment.json", {**environment(self.device, self.dist.world_size),
+                                                                "precision": describe_precision(config.run.amp, self.device), **started_from})
             (self.run_dir / METRICS).unlink(missing_ok=True)
             if config.run.tensorboard:
                 self.tensorboard = TensorBoardLog(self.run_dir / "tensorboard")
@@ -362,7 +367,7 @@ class Trainer:
             views = views.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
         failure: CollapseError | None = None
         try:
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda" and self.config.run.amp):
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
                 terms = self.compute_losses(views, noise)
         except CollapseError as error:
             if not checked:
@@ -441,7 +446,8 @@ class Trainer:
         read = "streamed from disk" if self.streaming else "in memory"
         self.log(f"training {cfg.method.name} on {cfg.data.dataset} {splits} ({len(self.pretrain_images)} images of "
                  f"{'×'.join(map(str, self.pretrain_images.shape[1:]))}, {read}) with a {cfg.model.backbone} on {self.device}: "
-                 f"{cfg.optim.epochs} epochs × {self.steps_per_epoch} steps of {cfg.optim.batch_size}, {cfg.optim.name} lr {self.base_lr:.4g}")
+                 f"{cfg.optim.epochs} epochs × {self.steps_per_epoch} steps of {cfg.optim.batch_size}, {cfg.optim.name} lr {self.base_lr:.4g}, "
+                 f"{describe_precision(cfg.run.amp, self.device)}")
         self.log(describe_param_groups(self.param_groups))
         self._write_skipped_files()
         if not self.labelled:
@@ -577,12 +583,13 @@ class Trainer:
         and the geometry (without the spectrum) of the test features and of the test projections.
 
         Every subset and view is drawn from its own seeded generator, never the global RNG, so monitoring
-        does not change the training run. Beyond the kNN it costs a forward pass of the test set through the
-        method and two of the alignment views (encoder, method): the fmnist preset's monitor takes about 35 s
-        instead of 16 s on 2 CPU cores, some 9% of an epoch.
+        does not change the training run. Each image goes through the encoder once: the projections are the
+        head's output on those features (:func:`projection_features`), and the alignment views, the same at
+        every epoch, are drawn once and kept (:meth:`_monitor_views`).
         """
+        started = time.perf_counter()
         cfg = self.config
-        settings = {"mean": cfg.augment.mean, "std": cfg.augment.std, "channels_last": cfg.run.channels_last, "amp": cfg.run.amp}
+        settings = {"mean": cfg.augment.mean, "std": cfg.augment.std, "channels_last": cfg.run.channels_last, "amp": self.bf16}
         features = lambda images: encoder_features(self.method.encoder, images, device=self.device, **settings)
         record: dict[str, Any] = {"step": self.step, "epoch": self._epoch()}
         if self.test_set is not None:
@@ -598,19 +605,29 @@ class Trainer:
             accuracy = knn_accuracy(features(self.train_set.images[subset]), self.train_set.labels[subset].to(self.device), test_features,
                                     probe_labels, num_classes=len(self.train_set.classes), k=k, temperature=cfg.eval.knn_temperature)
             record.update({f"knn_top1_k{k}": accuracy, "knn_bank": bank})
+        view_features_ = view_features(self.method.encoder, self._monitor_views(probe_images), **settings)
         # The projections, where the loss acts, can collapse while the encoder one layer down still looks fine.
-        views = positive_views(probe_images, cfg.augment, device=self.device)
-        embed = self.method.embed
-        projections = encoder_features(self.method, probe_images, device=self.device, forward=embed, **settings)
+        project = lambda x: projection_features(self.method, x, amp=self.bf16)
         geometry = {
-            "features": geometry_scores(test_features, probe_labels, views=view_features(self.method.encoder, views, **settings)),
-            "projections": geometry_scores(projections, probe_labels, views=view_features(self.method, views, forward=embed, **settings)),
+            "features": geometry_scores(test_features, probe_labels, views=view_features_),
+            "projections": geometry_scores(project(test_features), probe_labels, views=project(view_features_)),
         }
+        record["monitor_seconds"] = round(time.perf_counter() - started, 2)
         self._write_metrics({**record, "geometry": {name: g.to_dict(spectrum=False) for name, g in geometry.items()}})
         if self.labelled:
-            self.log(f"\nepoch {self._epoch():g}: kNN top-1 (k={k}, {bank} train images) {100 * accuracy:.2f}%")
+            self.log(f"\nepoch {self._epoch():g}: kNN top-1 (k={k}, {bank} train images) {100 * accuracy:.2f}% (monitor: {record['monitor_seconds']:.1f} s)")
         else:
             self.log(f"\nepoch {self._epoch():g}: geometry of {len(probe_images)} {'test' if self.test_set is not None else 'pretraining'} images "
                      "(no kNN: it needs labelled train/ and test/)")
         self.log(f"  geometry: features {geometry['features'].summary()} | projections {geometry['projections'].summary()}")
         self._warn(self.collapse_watch.check_geometry(geometry))
+
+    def _monitor_views(self, probe_images: Tensor) -> Tensor:
+        """The alignment views of the monitor's probe images (:func:`positive_views`: the same at every call), kept after the
+        first call unless they would take more than :data:`MONITOR_VIEWS_KEPT` bytes (then drawn again: the same views)."""
+        if self._kept_monitor_views is not None:
+            return self._kept_monitor_views
+        views = positive_views(probe_images, self.config.augment, device=self.device)
+        if views.numel() * views.element_size() <= MONITOR_VIEWS_KEPT:
+            self._kept_monitor_views = views
+        return views
