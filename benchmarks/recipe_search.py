@@ -47,6 +47,14 @@ VARIANTS: dict[str, list[str]] = {
     "wide-head": ["model.projector_hidden=2048", "model.predictor_hidden=2048", "model.projection_dim=256"],
     "small-head": ["model.projector_hidden=512", "model.predictor_hidden=512", "model.projection_dim=64"],
     "wide-last": ["model.widths=32,64,128,512"],
+    # Issue 23: the remedies of the 1-epoch pilots on the full budget, and what the faster bf16 step affords.
+    "uniformity1": ["regularizers.uniformity=1.0"],
+    "infonce1": ["regularizers.contrastive=1.0"],
+    "sv30": ["regularizers.singular_value=30.0"],
+    "kernel1": ["regularizers.kernel_uniformity=1.0"],
+    "epochs6": ["optim.epochs=6"],
+    "epochs8": ["optim.epochs=8"],
+    "wide": ["model.widths=48,96,192,384"],
 }
 
 

@@ -16,8 +16,9 @@ from nocollapse.losses import alignment_loss, info_nce_loss, uniformity_loss
 from nocollapse.losses.byol import byol_loss
 from nocollapse.losses.energy import hyperspherical_energy
 from nocollapse.losses.msbreg import brownian_diffusive_loss, multiview_centroid_loss, singular_value_loss
-from nocollapse.methods import REGULARIZERS, build_method
+from nocollapse.methods import REGULARIZERS, build_method, method_label
 from nocollapse.methods.regularizers import INPUTS
+from nocollapse.train.loop import run_directory
 
 TINY_MODEL = ["model.widths=8,16", "model.projector_hidden=32", "model.projection_dim=16", "model.predictor_hidden=32", "optim.batch_size=8"]
 
@@ -195,3 +196,11 @@ def test_bad_uniformity_settings_are_refused_with_the_key():
         resolve_config("fmnist", ["regularizers.mhe_power=3"])
     with pytest.raises(UserError, match="regularizers.mhe_distance"):
         resolve_config("fmnist", ["regularizers.mhe_distance=geodesic"])
+
+
+def test_the_run_directory_and_the_tables_name_the_regularizers_a_method_trains_with():
+    plain, added = resolve_config("fmnist"), resolve_config("fmnist", ["regularizers.uniformity=1", "regularizers.singular_value=30"])
+    assert (method_label(plain), run_directory(plain).name) == ("byol", "fmnist-byol-seed0")
+    assert (method_label(added), run_directory(added).name) == ("byol+singular_value+uniformity", "fmnist-byol+singular_value+uniformity-seed0")
+    assert run_directory(resolve_config("byol+uniformity")).name == "byol+uniformity-seed0", "the preset's name says it already"
+    assert method_label(resolve_config("fmnist-msbreg")) == "msbreg", "MSBReg's own terms are the method"

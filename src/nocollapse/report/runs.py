@@ -16,6 +16,7 @@ import torch
 
 from nocollapse.config import Config
 from nocollapse.errors import UserError
+from nocollapse.methods import method_label
 from nocollapse.train.evaluation import EMBEDDINGS_FILE, EVAL_FILE
 from nocollapse.train.loop import METRICS
 
@@ -57,7 +58,12 @@ class RunRecord:
 
     @property
     def method(self) -> str:
-        return str(self.config.get("method", {}).get("name", "?"))
+        """The method with its regularizers (:func:`~nocollapse.methods.method_label`), or its bare name when the config
+        does not parse."""
+        try:
+            return method_label(Config.from_dict(self.config))
+        except (UserError, ValueError, TypeError):
+            return str(self.config.get("method", {}).get("name", "?"))
 
     @property
     def dataset(self) -> str:

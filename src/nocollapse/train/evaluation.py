@@ -18,7 +18,7 @@ from nocollapse.errors import UserError
 from nocollapse.eval.evaluate import RepresentationScores, format_geometry_table, format_table, score_features
 from nocollapse.eval.features import encoder_features, pixel_features, positive_views, view_features
 from nocollapse.eval.geometry import UNIFORMITY_SAMPLES, GeometryScores, geometry_scores
-from nocollapse.methods import Method, build_method
+from nocollapse.methods import Method, build_method, method_label
 from nocollapse.nn.backbones import build_backbone
 from nocollapse.train.checkpoint import load_checkpoint, save_checkpoint, save_json
 from nocollapse.train.loop import CHECKPOINT, load_run_config, select_device
@@ -140,14 +140,14 @@ def evaluate_run(
             torch.manual_seed(config.run.seed)
             initial = build_method(config, in_channels, image_size)
         rows.append(encoder_rows(f"random {model.backbone}", initial.encoder)[0])
-        projection_rows.append(projection_row(f"random {config.method.name} projections", initial))
+        projection_rows.append(projection_row(f"random {method_label(config)} projections", initial))
     trained = build_backbone(model.backbone, in_channels=in_channels, widths=model.widths, depth=model.depth, stem=model.stem,
                              zero_init_residual=model.zero_init_residual, image_size=image_size)
     try:
         trained.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     except Exception as error:
         raise UserError(f"cannot load {weights} ({type(error).__name__}: {error}); the file is damaged or from another architecture") from None
-    trained_row, trained_test_features = encoder_rows(f"{config.method.name} {config.model.backbone}", trained)
+    trained_row, trained_test_features = encoder_rows(f"{method_label(config)} {config.model.backbone}", trained)
     rows.append(trained_row)
     if labelled:  # the report colours its map by class
         save_test_embeddings(run_dir / EMBEDDINGS_FILE, trained_test_features, test_set, seed=config.run.seed)
@@ -159,7 +159,7 @@ def evaluate_run(
         except (KeyError, RuntimeError) as error:
             raise UserError(f"cannot load the method from {checkpoint} ({type(error).__name__}: {error}); "
                             "the file is damaged or from another configuration") from None
-        projection_rows.append(projection_row(f"{config.method.name} projections", method))
+        projection_rows.append(projection_row(f"{method_label(config)} projections", method))
     else:
         log(f"  no {CHECKPOINT} in {run_dir}: the projections of the trained method are not scored")
 

@@ -31,7 +31,7 @@ from nocollapse.eval.checks import check_geometry_split
 from nocollapse.eval.features import encoder_features, positive_views, projection_features, view_features
 from nocollapse.eval.geometry import geometry_scores
 from nocollapse.eval.knn import knn_accuracy
-from nocollapse.methods import build_method
+from nocollapse.methods import build_method, method_label
 from nocollapse.train.amp import describe_precision, use_bf16
 from nocollapse.train.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint, save_json, save_safetensors
 from nocollapse.train.collapse import CollapseWatch
@@ -64,7 +64,8 @@ def select_device(name: str, local_rank: int = 0) -> torch.device:
 
 
 def run_directory(config: Config) -> Path:
-    name = config.run.name or f"{config.preset}-{config.method.name}-seed{config.run.seed}"
+    label = method_label(config)
+    name = config.run.name or f"{config.preset}{'' if label == config.preset else '-' + label}-seed{config.run.seed}"
     return Path(config.run.out_dir) / name
 
 
@@ -444,7 +445,7 @@ class Trainer:
         cfg = self.config
         splits = "+".join(dataset.name.split("/")[-1] for dataset in self.pretrain_sets)
         read = "streamed from disk" if self.streaming else "in memory"
-        self.log(f"training {cfg.method.name} on {cfg.data.dataset} {splits} ({len(self.pretrain_images)} images of "
+        self.log(f"training {method_label(cfg)} on {cfg.data.dataset} {splits} ({len(self.pretrain_images)} images of "
                  f"{'×'.join(map(str, self.pretrain_images.shape[1:]))}, {read}) with a {cfg.model.backbone} on {self.device}: "
                  f"{cfg.optim.epochs} epochs × {self.steps_per_epoch} steps of {cfg.optim.batch_size}, {cfg.optim.name} lr {self.base_lr:.4g}, "
                  f"{describe_precision(cfg.run.amp, self.device)}")
