@@ -6,7 +6,8 @@ twice (for the features, then inside ``method.embed`` for the projections), and 
 alignment views again at every epoch, once through the encoder and once through the whole method. Here
 both run on the same trainer (the preset's networks at initialisation: the cost does not depend on the
 weights), in float32 and under bf16 autocast, taking turns; the table gives the median seconds of each and
-the share of an epoch at the step's own speed (measured here too).
+their share of an epoch plus its monitor, at the step's own speed (measured here too). The monitor draws and keeps its
+views at its first call, a warm-up call here: the timed calls are those of the later epochs.
 
     python benchmarks/monitor.py [--preset fmnist] [--repeats 3]
 """
@@ -34,7 +35,8 @@ def separate_passes(trainer: Trainer) -> None:
     settings = {"mean": cfg.augment.mean, "std": cfg.augment.std, "channels_last": cfg.run.channels_last, "amp": trainer.bf16}
     features = lambda images: encoder_features(method.encoder, images, **settings)  # noqa: E731
     test_features = features(test.images)
-    subset = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.run.seed))[:cfg.eval.monitor_train_samples]
+    bank = cfg.eval.monitor_train_samples or len(train)  # 0: all
+    subset = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.run.seed))[:bank]
     knn_accuracy(features(train.images[subset]), train.labels[subset], test_features, test.labels, num_classes=len(train.classes),
                  k=min(cfg.eval.knn_k), temperature=cfg.eval.knn_temperature)
     views = positive_views(test.images, cfg.augment)
@@ -70,7 +72,7 @@ def main() -> None:
                 rows.append((name, "bf16" if trainer.bf16 else "fp32", seconds, epoch, seconds / (epoch + seconds)))
             print(f"  measured run.amp={amp}", flush=True)
     print(f"\n{cpu_model()}, {torch.get_num_threads()} threads, torch {torch.__version__}, preset {args.preset}, median of {args.repeats}")
-    print("| monitor | precision | seconds | epoch of training (s) | share of the epoch |")
+    print("| monitor | precision | seconds | epoch of training (s) | share of epoch + monitor |")
     print("|---|---|---|---|---|")
     for name, precision, seconds, epoch, share in rows:
         print(f"| {name} | {precision} | {seconds:.1f} | {epoch:.0f} | {100 * share:.1f}% |")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -20,12 +21,16 @@ CPU, CUDA = torch.device("cpu"), torch.device("cuda")
     ((), "auto", CPU, False),
     (("avx512_bf16",), "auto", CPU, True),
     (("amx_bf16", "avx512_bf16"), "auto", CPU, True),
-    ((), "auto", CUDA, True),
+    ((), "auto", CUDA, True),  # a GPU with bf16 tensor cores
+    ("emulated", "auto", CUDA, False),  # one without (before Ampere): torch emulates bf16
     ((), "true", CPU, True),
     (("amx_bf16",), "false", CPU, False),
     (("amx_bf16",), "false", CUDA, False),
 ])
 def test_auto_takes_bf16_on_cuda_and_on_cpus_with_bf16_units(monkeypatch, units, setting, device, bf16):
+    tensor_cores = units != "emulated"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation or tensor_cores)
+    units = () if units == "emulated" else units
     monkeypatch.setattr(amp, "cpu_bf16_units", lambda: units)
     assert amp.use_bf16(setting, device) is bf16
     described = amp.describe_precision(setting, device)
@@ -34,6 +39,7 @@ def test_auto_takes_bf16_on_cuda_and_on_cpus_with_bf16_units(monkeypatch, units,
         assert all(unit in described for unit in units)
 
 
+@pytest.mark.skipif(not os.path.exists("/proc/cpuinfo"), reason="the kernel's CPU flags are read from /proc/cpuinfo (Linux)")
 def test_the_units_are_read_from_the_processor():
     flags = {word for line in open("/proc/cpuinfo") if line.startswith("flags") for word in line.split(":")[1].split()}
     # torch reads CPUID itself; the kernel's flags name the same bits (amx_tile comes with amx_bf16 on every AMX CPU).
@@ -42,11 +48,13 @@ def test_the_units_are_read_from_the_processor():
 
 
 def test_the_setting_is_one_of_three_and_old_boolean_configs_still_load():
-    with pytest.raises(UserError, match="run.amp='yes'.*auto.*true.*false"):
-        resolve_config("fmnist", ["run.amp=yes"])
-    # Run directories written before run.amp took "auto" hold a JSON boolean.
+    with pytest.raises(UserError, match="run.amp='maybe'.*auto.*true.*false"):
+        resolve_config("fmnist", ["run.amp=maybe"])
+    for spelling, setting in (("yes", "true"), ("On", "true"), ("1", "true"), ("False", "false"), ("off", "false"), ("AUTO", "auto")):
+        assert resolve_config("fmnist", [f"run.amp={spelling}"]).run.amp == setting, "the boolean spellings of before still work"
+    # Run directories written before run.amp took "auto" hold a JSON boolean; true meant bf16 on CUDA only, which auto keeps.
     saved = Config().to_dict()
-    for old, new in ((True, "true"), (False, "false")):
+    for old, new in ((True, "auto"), (False, "false")):
         saved["run"]["amp"] = old
         assert Config.from_dict(saved).run.amp == new
 

@@ -203,4 +203,16 @@ def test_the_run_directory_and_the_tables_name_the_regularizers_a_method_trains_
     assert (method_label(plain), run_directory(plain).name) == ("byol", "fmnist-byol-seed0")
     assert (method_label(added), run_directory(added).name) == ("byol+singular_value+uniformity", "fmnist-byol+singular_value+uniformity-seed0")
     assert run_directory(resolve_config("byol+uniformity")).name == "byol+uniformity-seed0", "the preset's name says it already"
-    assert method_label(resolve_config("fmnist-msbreg")) == "msbreg", "MSBReg's own terms are the method"
+    assert method_label(resolve_config("fmnist-msbreg")) == "msbreg+singular_value+brownian"
+    assert method_label(resolve_config("fmnist-msbreg", ["regularizers.brownian=0"])) == "msbreg+singular_value", "an ablation reads apart"
+
+
+def test_a_run_named_before_the_label_named_its_regularizers_is_found_to_resume(tmp_path):
+    config = resolve_config("byol+uniformity", [f"run.out_dir={tmp_path}"])
+    earlier = tmp_path / "byol+uniformity-byol-seed0"  # the name such a run had before
+    earlier.mkdir()
+    (earlier / "checkpoint.pt").write_bytes(b"")
+    assert run_directory(config, resuming=True) == earlier
+    assert run_directory(config) == tmp_path / "byol+uniformity-seed0", "a new run takes the new name"
+    (tmp_path / "byol+uniformity-seed0").mkdir()
+    assert run_directory(config, resuming=True) == tmp_path / "byol+uniformity-seed0", "the new name wins where both exist"

@@ -125,9 +125,10 @@ def run_train(args: argparse.Namespace) -> None:
     if args.compile:
         overrides.append("run.compile=true")
     config = resolve_config(args.preset, overrides)
+    run_dir = run_directory(config, resuming=args.resume)
     if args.resume:  # the run's own settings; only what cannot change its trajectory may be overridden
-        config = resume_config(run_directory(config), overrides)
-    trainer = Trainer(config, resume=args.resume, progress=not args.quiet)  # a failure here leaves the group at exit (atexit)
+        config = resume_config(run_dir, overrides)
+    trainer = Trainer(config, run_dir=run_dir, resume=args.resume, progress=not args.quiet)  # a failure here leaves the group at exit (atexit)
     try:
         run_dir = trainer.fit()
         if trainer.dist.enabled:

@@ -136,7 +136,7 @@ class RunConfig:
     seed: int = 0  # everything (init, sampling, augmentation) follows from it
     device: str = "auto"  # auto (cuda if available, else cpu) | cpu | cuda | cuda:N
     out_dir: str = "runs"  # runs are written to out_dir/name
-    name: str = ""  # run directory name; empty: <preset>-<method>-seed<seed>
+    name: str = ""  # run directory name; empty: <preset>-<method>[+<regularizers>]-seed<seed>
     amp: str = "auto"  # bf16 autocast for training and the epoch monitor: auto (on CUDA, and on CPUs with AMX or AVX-512 BF16 units; float32 elsewhere, where bf16 is slower) | true | false; losses and the final evaluation always run in float32
     channels_last: bool = True  # memory format of the conv nets: faster on CPU and on tensor cores
     compile: bool = False  # torch.compile the method (GPU; the first steps are slow while it compiles)
@@ -332,8 +332,7 @@ def _parse_scalar(text: Any, annotation: Any) -> Any:
             return int(text.strip() if isinstance(text, str) else text)
         if annotation is float:
             return float(text)
-        # A saved config of before run.amp took "auto" holds true/false as JSON booleans.
-        return str(text).lower() if isinstance(text, bool) else str(text)
+        return str(text)
     except (TypeError, ValueError, OverflowError):
         raise ValueError(text) from None
 
@@ -349,7 +348,19 @@ def set_value(config: Config, key: str, value: Any) -> None:
     name = parts[-1]
     if not dataclasses.is_dataclass(target) or name not in {f.name for f in dataclasses.fields(target)} or dataclasses.is_dataclass(getattr(target, name)):
         raise UserError(unknown_key_message(key))
+    if key == "run.amp":
+        value = _amp_setting(value)
     setattr(target, name, parse_value(value, _field_type(target, name), key))
+
+
+def _amp_setting(value: Any) -> Any:
+    """``run.amp`` as one of its choices. It was a boolean until it took ``auto``: a saved JSON ``true`` meant bf16 on
+    CUDA only, which ``auto`` still means there (it adds CPUs with bf16 units), and the boolean spellings of the command
+    line (``1``, ``yes``, ``on``, ...) keep working."""
+    if isinstance(value, bool):
+        return "auto" if value else "false"
+    text = str(value).strip().lower()
+    return {"1": "true", "yes": "true", "on": "true", "0": "false", "no": "false", "off": "false"}.get(text, text)
 
 
 def unknown_key_message(key: str) -> str:
@@ -471,7 +482,7 @@ RULES: dict[str, Rule] = {
     "run.device": (_device, "one of: auto, cpu, cuda, cuda:N (N in 0..127), mps"),
     "run.out_dir": (_path, "a directory path without NUL bytes"),
     "run.name": ((lambda v: v == "" or _plain_name(v)),
-                 "empty (the default <preset>-<method>-seed<seed>) or a plain directory name: not blank, '.' or '..', without path separators or NUL bytes"),
+                 "empty (the default <preset>-<method>[+<regularizers>]-seed<seed>) or a plain directory name: not blank, '.' or '..', without path separators or NUL bytes"),
     "run.channels_last": BOOL,
     "run.compile": BOOL,
     "run.log_every": integer(1),

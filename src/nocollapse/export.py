@@ -21,7 +21,6 @@ import json
 import os
 import tempfile
 import warnings
-import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -154,7 +153,11 @@ def read_export_metadata(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(os.path.expanduser(os.fspath(path)))
     if not path.is_file():
         raise UserError(f"{path} does not exist or is not a file: pass a file written by `nocollapse export`")
-    text = _torchscript_contract(path) if zipfile.is_zipfile(path) else _onnx_contract(path)
+    with open(path, "rb") as file:
+        # A zip's first local header, at offset 0: exact, where zipfile.is_zipfile looks for an end record in the
+        # last 64 KiB, which the weight bytes of an ONNX file could happen to contain.
+        is_zip = file.read(4) == b"PK\x03\x04"
+    text = _torchscript_contract(path) if is_zip else _onnx_contract(path)
     if text is None:
         raise UserError(f"{path} carries no nocollapse contract: it was not written by `nocollapse export`")
     return json.loads(text)

@@ -19,9 +19,9 @@ __all__ = ["BYOL", "MSBReg", "Method", "REGULARIZERS", "SFRIK", "WMSE", "build_m
 
 def method_label(config: Config) -> str:
     """What the run trains, as its run directory and its tables name it: the method and its attached regularizers,
-    e.g. ``byol`` or ``byol+uniformity``. MSBReg's own terms are part of the method (``msbreg``)."""
-    own = {"singular_value", "brownian"} if config.method.name == "msbreg" else set()
-    return "+".join([config.method.name, *(name for name in REGULARIZERS if getattr(config.regularizers, name) != 0 and name not in own)])
+    e.g. ``byol`` or ``byol+uniformity``. MSBReg's singular value and Brownian terms are regularizers too, named like
+    the others, so that its ablations (``msbreg``: the centroid loss alone) read apart from it."""
+    return "+".join([config.method.name, *(name for name in REGULARIZERS if getattr(config.regularizers, name) != 0)])
 
 
 def build_method(config: Config, in_channels: int, image_size: int = 32, *, encoder_state: dict[str, Tensor] | None = None,

@@ -10,6 +10,8 @@ always extracts features in float32.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from nocollapse.config import CHOICES
@@ -17,11 +19,13 @@ from nocollapse.config import CHOICES
 AMP_SETTINGS = CHOICES["run.amp"]
 
 
+@functools.cache
 def cpu_bf16_units() -> tuple[str, ...]:
     """The CPU's bf16 matrix units that oneDNN uses, as /proc/cpuinfo names them (``amx_bf16``,
     ``avx512_bf16``); empty where it has none or torch cannot tell."""
+    # torch reads the CPUID bits itself (cpuinfo), on every OS. It tells AMX by its tiles: every CPU with AMX tiles has the
+    # bf16 tile products. The functions are private, so a torch without them counts as "none" (float32, the safe side).
     checks = {"amx_bf16": "_is_amx_tile_supported", "avx512_bf16": "_is_avx512_bf16_supported"}
-    # torch reads the CPUID bits itself (cpuinfo), on every OS; the functions are private, so a torch without them is "none".
     return tuple(name for name, function in checks.items() if getattr(torch.cpu, function, lambda: False)())
 
 
@@ -31,7 +35,9 @@ def use_bf16(setting: str, device: torch.device) -> bool:
         raise ValueError(f"run.amp={setting!r}: not one of {AMP_SETTINGS}")
     if setting != "auto":
         return setting == "true"
-    return device.type == "cuda" or (device.type == "cpu" and bool(cpu_bf16_units()))
+    if device.type == "cuda":  # bf16 tensor cores from Ampere (8.0) on; older GPUs emulate bf16, slower than float32
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    return device.type == "cpu" and bool(cpu_bf16_units())
 
 
 def describe_precision(setting: str, device: torch.device) -> str:
@@ -39,6 +45,6 @@ def describe_precision(setting: str, device: torch.device) -> str:
     if setting != "auto":
         return f"{'bf16 autocast, float32 losses' if setting == 'true' else 'float32'} (run.amp={setting})"
     if not use_bf16(setting, device):
-        return f"float32 (run.amp=auto: this {device.type} has no bf16 matrix units)"
+        return f"float32 (run.amp=auto: this {device.type} has no bf16 matrix units, or torch cannot tell)"
     units = "tensor cores" if device.type == "cuda" else ", ".join(cpu_bf16_units())
     return f"bf16 autocast, float32 losses (run.amp=auto: {units})"

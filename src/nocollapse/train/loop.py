@@ -63,10 +63,17 @@ def select_device(name: str, local_rank: int = 0) -> torch.device:
     return device
 
 
-def run_directory(config: Config) -> Path:
+def run_directory(config: Config, *, resuming: bool = False) -> Path:
+    """``run.out_dir/run.name``, by default ``<preset>-<method_label>-seed<seed>`` (the label left out where the preset's
+    name is the label). ``resuming``: a run named before the label named the regularizers, ``<preset>-<method>-seed<seed>``,
+    is found there when no run has the new name."""
     label = method_label(config)
-    name = config.run.name or f"{config.preset}{'' if label == config.preset else '-' + label}-seed{config.run.seed}"
-    return Path(config.run.out_dir) / name
+    out = Path(config.run.out_dir)
+    if config.run.name:
+        return out / config.run.name
+    path = out / f"{config.preset}{'' if label == config.preset else '-' + label}-seed{config.run.seed}"
+    earlier = out / f"{config.preset}-{config.method.name}-seed{config.run.seed}"
+    return earlier if resuming and not path.exists() and (earlier / CHECKPOINT).exists() else path
 
 
 # Settings that may change on resume without changing the trajectory (run.seed does change it).
@@ -166,7 +173,7 @@ class Trainer:
         self.last_skipped_step = -1
         self.collapse_watch = CollapseWatch(config.model.projection_dim)
         self.tensorboard: TensorBoardLog | None = None
-        self._kept_monitor_views: Tensor | None = None
+        self._kept_monitor_views: tuple[Tensor, Tensor] | None = None  # (probe images, their alignment views)
         self._last_window: dict[str, Any] | None = None  # the last metric window, all finite: the diagnostic's "before"
         # DDP averages the online networks' gradients over the processes (the EMA target has none).
         losses = DistributedDataParallel(self.method, device_ids=[self.device] if self.device.type == "cuda" else None) if self.dist.enabled else self.method
@@ -294,7 +301,8 @@ class Trainer:
         if self.config.run.tensorboard:
             self.tensorboard = TensorBoardLog(self.run_dir / "tensorboard", purge_step=self.step + 1)
         # environment.json describes where the run started; a resume may be on another machine or torch.
-        self._write_metrics({"step": self.step, "epoch": self._epoch(), "resumed": environment(self.device, self.dist.world_size)})
+        self._write_metrics({"step": self.step, "epoch": self._epoch(), "resumed": {**environment(self.device, self.dist.world_size),
+                                                                                    "precision": describe_precision(self.config.run.amp, self.device)}})
         self.log(f"resumed {self.run_dir} at step {self.step}/{self.total_steps}")
 
     def _truncate_metrics(self, step: int) -> None:
@@ -619,16 +627,16 @@ class Trainer:
             self.log(f"\nepoch {self._epoch():g}: kNN top-1 (k={k}, {bank} train images) {100 * accuracy:.2f}% (monitor: {record['monitor_seconds']:.1f} s)")
         else:
             self.log(f"\nepoch {self._epoch():g}: geometry of {len(probe_images)} {'test' if self.test_set is not None else 'pretraining'} images "
-                     "(no kNN: it needs labelled train/ and test/)")
+                     f"(no kNN: it needs labelled train/ and test/; monitor: {record['monitor_seconds']:.1f} s)")
         self.log(f"  geometry: features {geometry['features'].summary()} | projections {geometry['projections'].summary()}")
         self._warn(self.collapse_watch.check_geometry(geometry))
 
     def _monitor_views(self, probe_images: Tensor) -> Tensor:
         """The alignment views of the monitor's probe images (:func:`positive_views`: the same at every call), kept after the
         first call unless they would take more than :data:`MONITOR_VIEWS_KEPT` bytes (then drawn again: the same views)."""
-        if self._kept_monitor_views is not None:
-            return self._kept_monitor_views
+        if self._kept_monitor_views is not None and self._kept_monitor_views[0] is probe_images:
+            return self._kept_monitor_views[1]
         views = positive_views(probe_images, self.config.augment, device=self.device)
         if views.numel() * views.element_size() <= MONITOR_VIEWS_KEPT:
-            self._kept_monitor_views = views
+            self._kept_monitor_views = probe_images, views
         return views
