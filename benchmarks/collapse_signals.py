@@ -23,7 +23,7 @@ from nocollapse.config import resolve_config
 from nocollapse.train.collapse import STD_WARNING
 from nocollapse.train.loop import Trainer
 
-PRESETS = ["fmnist", "fmnist-wmse2", "fmnist-wmse4", "fmnist-msbreg", "fmnist-sfrik", "byol+contrastive", "byol+uniformity", "byol+mhe"]
+PRESETS = ["fmnist-byol", "fmnist", "fmnist-wmse2", "fmnist-wmse4", "fmnist-msbreg", "fmnist-sfrik", "byol+contrastive", "byol+uniformity", "byol+mhe"]
 
 
 def main() -> None:

@@ -386,7 +386,7 @@ def main() -> None:
                  "eval.monitor_every=0", "run.device=cpu"]
     with tempfile.TemporaryDirectory(dir=workdir, prefix="runs-") as out:
         def trainer(stream: str) -> Trainer:
-            config = resolve_config("fmnist", [*overrides, f"data.stream={stream}", f"run.out_dir={out}", f"run.name={stream}-{len(os.listdir(out))}"])
+            config = resolve_config("fmnist-byol", [*overrides, f"data.stream={stream}", f"run.out_dir={out}", f"run.name={stream}-{len(os.listdir(out))}"])
             return Trainer(config, progress=False, log=lambda *_: None)
 
         memory, disk, peer = trainer("memory"), trainer("disk"), trainer("disk")

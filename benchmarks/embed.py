@@ -39,7 +39,7 @@ def cpu_model() -> str:
 
 
 def saved_encoder(folder: Path, overrides: list[str], in_channels: int, image_size: int) -> Path:
-    config = resolve_config("fmnist", overrides)
+    config = resolve_config("fmnist-byol", overrides)
     encoder = build_backbone(config.model.backbone, in_channels=in_channels, widths=config.model.widths, depth=config.model.depth,
                              image_size=image_size)
     folder.mkdir(parents=True)

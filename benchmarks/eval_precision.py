@@ -38,7 +38,7 @@ def main() -> None:
 
     torch.manual_seed(0)  # the initialisation: the default run's
     device = torch.device(args.device)
-    config = resolve_config("fmnist", {})
+    config = resolve_config("fmnist-byol", {})
     mean, std = config.augment.mean, config.augment.std
     train, test = load_dataset("fashion-mnist", "train", args.data_dir), load_dataset("fashion-mnist", "test", args.data_dir)
     g = torch.Generator().manual_seed(args.seed)

@@ -46,7 +46,7 @@ def trained_weights(overrides: list[str], steps: int) -> dict[str, torch.Tensor]
     from nocollapse.config import resolve_config
     from nocollapse.train.loop import Trainer
 
-    config = resolve_config("fmnist", [*overrides, "eval.monitor_every=0", "run.device=cpu"])
+    config = resolve_config("fmnist-byol", [*overrides, "eval.monitor_every=0", "run.device=cpu"])
     trainer = Trainer(config, progress=False, log=lambda *_: None)
     trainer.total_steps = steps  # the schedules are compressed to these steps, the same on both sides
     trainer.fit()

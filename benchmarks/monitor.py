@@ -47,7 +47,7 @@ def separate_passes(trainer: Trainer) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="fmnist")
+    parser.add_argument("--preset", default="fmnist-byol")
     parser.add_argument("--repeats", type=int, default=3, help="timed calls of each (median)")
     args = parser.parse_args()
     rows = []

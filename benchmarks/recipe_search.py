@@ -60,7 +60,7 @@ VARIANTS: dict[str, list[str]] = {
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="fmnist")
+    parser.add_argument("--preset", default="fmnist-byol")
     parser.add_argument("--variants", nargs="*", default=["base"])
     parser.add_argument("--extra", nargs="*", default=[], help="overrides applied to every variant")
     parser.add_argument("--device", default="auto")

@@ -24,19 +24,19 @@ from nocollapse.train.loop import Trainer
 
 REGULARIZED = ["regularizers.singular_value=30", "regularizers.brownian=0.1"]
 CONFIGS: dict[str, tuple[str, list[str]]] = {
-    "BYOL (fmnist)": ("fmnist", []),
-    "BYOL + SV + BD": ("fmnist", REGULARIZED),
+    "BYOL (fmnist-byol)": ("fmnist-byol", []),
+    "BYOL + SV + BD": ("fmnist-byol", REGULARIZED),
     "BYOL + contrastive (byol+contrastive)": ("byol+contrastive", []),
     "BYOL + uniformity (byol+uniformity)": ("byol+uniformity", []),
     "BYOL + MHE (byol+mhe)": ("byol+mhe", []),
-    "BYOL + kernel uniformity (1, 40, 40)": ("fmnist", ["regularizers.kernel_uniformity=1"]),
+    "BYOL + kernel uniformity (1, 40, 40)": ("fmnist-byol", ["regularizers.kernel_uniformity=1"]),
     "SFRIK, q = 2048 (fmnist-sfrik)": ("fmnist-sfrik", []),
     "MSBReg, 4 views × 64 (fmnist-msbreg)": ("fmnist-msbreg", []),
     "MSBReg without SV, BD": ("fmnist-msbreg", ["regularizers.singular_value=0", "regularizers.brownian=0"]),
     "W-MSE 2 (fmnist-wmse2)": ("fmnist-wmse2", []),
     "W-MSE 2 + SV + BD": ("fmnist-wmse2", REGULARIZED),
     # Not a regularizer: what checking every step for run.max_skipped_steps costs (a sync and a copy of the BatchNorm buffers).
-    "BYOL, every step checked finite": ("fmnist", ["run.max_skipped_steps=10"]),
+    "BYOL, every step checked finite": ("fmnist-byol", ["run.max_skipped_steps=10"]),
 }
 
 

@@ -37,7 +37,7 @@ from nocollapse.train.loop import Trainer
 
 # (label, preset, overrides); ResNet-18 rows read a synthetic CIFAR-10 written by this script (32×32 RGB).
 CONVNET_CASES = [
-    ("BYOL, ConvNet (fmnist)", "fmnist", []),
+    ("BYOL, ConvNet (fmnist-byol)", "fmnist-byol", []),
     ("W-MSE 2, ConvNet (fmnist-wmse2)", "fmnist-wmse2", []),
     ("MSBReg 4 views, ConvNet (fmnist-msbreg)", "fmnist-msbreg", []),
     ("SFRIK q=2048, ConvNet (fmnist-sfrik)", "fmnist-sfrik", []),

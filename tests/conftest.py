@@ -9,6 +9,7 @@ from nocollapse.data import write_idx
 
 # Small enough that a whole train + evaluate run takes a few seconds on 2 CPU cores.
 TINY_RUN = [
+    "regularizers.uniformity=0",  # plain BYOL: the default preset adds the uniformity loss, whose own tests are in test_regularizers.py
     "run.amp=false",  # float32 on every machine: the suite's figures must not depend on the CPU it runs on (tests/test_amp.py runs bf16)
     "model.widths=8,16",
     "model.projector_hidden=32",

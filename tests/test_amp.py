@@ -62,15 +62,16 @@ def test_the_setting_is_one_of_three_and_old_boolean_configs_still_load():
 @pytest.mark.parametrize("setting, dtype", [("true", torch.bfloat16), ("false", torch.float32)])
 def test_the_training_step_runs_in_the_precision_chosen_and_the_losses_in_float32(tmp_path, setting, dtype):
     data = write_tiny_fashion_mnist(tmp_path / "data")
+    # The default's uniformity loss on (TINY_RUN turns it off): the default's own path under bf16.
     config = resolve_config("fmnist", [*TINY_RUN, f"data.data_dir={data}", f"run.out_dir={tmp_path}", "run.name=run", "run.device=cpu",
-                                       f"run.amp={setting}", "eval.monitor_every=0"])
+                                       f"run.amp={setting}", "eval.monitor_every=0", "regularizers.uniformity=1"])
     lines: list[str] = []
     trainer = Trainer(config, progress=False, log=lines.append)
     seen: list[torch.dtype] = []
     trainer.method.encoder.register_forward_hook(lambda module, inputs, output: seen.append(output.dtype))
     terms = trainer.train_step(trainer.pretrain_images[:32], torch.Generator().manual_seed(0))
     assert seen and set(seen) == {dtype}
-    assert all(value.dtype == torch.float32 for name, value in terms.items() if name != "grad_norm")
+    assert "uniformity" in terms and all(value.dtype == torch.float32 for name, value in terms.items() if name != "grad_norm")
     assert all(p.dtype == torch.float32 for p in trainer.method.parameters()), "autocast never changes the weights' dtype"
     environment = json.loads((trainer.run_dir / "environment.json").read_text())
     assert environment["precision"].startswith("bf16" if dtype == torch.bfloat16 else "float32")

@@ -386,7 +386,7 @@ def test_the_container_refuses_labels_outside_its_classes():
 # ---------------------------------------------------------------- from the command line
 
 TINY_FOLDER_RUN = [
-    "--preset", "fmnist", "--quiet", "--no-eval", "--no-report", "data.dataset=image-folder",
+    "--preset", "fmnist-byol", "--quiet", "--no-eval", "--no-report", "data.dataset=image-folder",
     "augment.mean=", "augment.std=",  # the preset's Fashion-MNIST statistics have one channel, these images three
     "model.widths=8,16", "model.projector_hidden=32", "model.projection_dim=16", "model.predictor_hidden=32",
     "optim.batch_size=16", "optim.epochs=1", "optim.warmup_epochs=0.5", "eval.knn_k=5", "eval.monitor_train_samples=0",

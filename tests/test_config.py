@@ -135,7 +135,7 @@ def test_every_key_refuses_a_bad_value_naming_the_key_and_the_value(key):
     ("run.out_dir=runs\0x", "run.out_dir='runs\\x00x': must be a directory path without NUL bytes"),
     ("run.device=cuda:128", "run.device='cuda:128': must be one of: auto, cpu, cuda, cuda:N (N in 0..127), mps"),
     # Relations between keys.
-    ("optim.warmup_epochs=5", "optim.warmup_epochs=5.0: must be at most optim.epochs=4"),
+    ("optim.warmup_epochs=8", "optim.warmup_epochs=8.0: must be at most optim.epochs=7"),
     ("augment.crop_scale=0.9,0.1", "augment.crop_scale=0.9,0.1: must be two finite numbers min,max with 0 < min <= max <= 1"),
     ("augment.std=0.3,0.3", "augment.std=0.3,0.3: must be as many values as augment.mean (1)"),
 ])

@@ -68,6 +68,7 @@ def test_the_recorder_sees_each_kind_of_sync():
 # whether every whitening Cholesky succeeded, once per step, to fail with a clear error instead of a NaN loss.
 PRESETS = {
     "fmnist": [],
+    "fmnist-byol": [],
     "fmnist-wmse2": ["aten::_local_scalar_dense"],
     "fmnist-wmse4": ["aten::_local_scalar_dense"],
     "fmnist-msbreg": [],

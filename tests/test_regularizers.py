@@ -23,7 +23,7 @@ from nocollapse.train.loop import run_directory
 TINY_MODEL = ["model.widths=8,16", "model.projector_hidden=32", "model.projection_dim=16", "model.predictor_hidden=32", "optim.batch_size=8"]
 
 
-def tiny_method(*overrides, preset="fmnist"):
+def tiny_method(*overrides, preset="fmnist-byol"):
     torch.manual_seed(0)
     return build_method(resolve_config(preset, [*TINY_MODEL, *overrides]), in_channels=1).double()
 
@@ -177,8 +177,8 @@ def test_mhe_sums_the_energy_of_every_online_conv_and_linear_layer_and_never_tou
     assert all(p.grad is None for p in method.target.parameters())
 
 
-def test_the_uniformity_presets_are_the_default_byol_run_plus_one_term():
-    base = resolve_config("fmnist").to_dict()
+def test_the_uniformity_presets_are_the_plain_byol_run_plus_one_term():
+    base = resolve_config("fmnist-byol").to_dict()
     for term in ("contrastive", "uniformity", "mhe"):
         config = resolve_config(f"byol+{term}")
         assert config.method.name == "byol" and getattr(config.regularizers, term) > 0
@@ -199,9 +199,11 @@ def test_bad_uniformity_settings_are_refused_with_the_key():
 
 
 def test_the_run_directory_and_the_tables_name_the_regularizers_a_method_trains_with():
-    plain, added = resolve_config("fmnist"), resolve_config("fmnist", ["regularizers.uniformity=1", "regularizers.singular_value=30"])
+    plain, added = resolve_config("fmnist-byol"), resolve_config("fmnist-byol", ["regularizers.uniformity=1", "regularizers.singular_value=30"])
     assert (method_label(plain), run_directory(plain).name) == ("byol", "fmnist-byol-seed0")
-    assert (method_label(added), run_directory(added).name) == ("byol+singular_value+uniformity", "fmnist-byol+singular_value+uniformity-seed0")
+    assert (method_label(added), run_directory(added).name) == ("byol+singular_value+uniformity", "fmnist-byol-byol+singular_value+uniformity-seed0")
+    assert run_directory(resolve_config("fmnist-sfrik")).name == "fmnist-sfrik-seed0"
+    assert run_directory(resolve_config("fmnist")).name == "fmnist-byol+uniformity-seed0", "the default says it adds the uniformity loss"
     assert run_directory(resolve_config("byol+uniformity")).name == "byol+uniformity-seed0", "the preset's name says it already"
     assert method_label(resolve_config("fmnist-msbreg")) == "msbreg+singular_value+brownian"
     assert method_label(resolve_config("fmnist-msbreg", ["regularizers.brownian=0"])) == "msbreg+singular_value", "an ablation reads apart"
@@ -212,6 +214,9 @@ def test_a_run_named_before_the_label_named_its_regularizers_is_found_to_resume(
     earlier = tmp_path / "byol+uniformity-byol-seed0"  # the name such a run had before
     earlier.mkdir()
     (earlier / "checkpoint.pt").write_bytes(b"")
+    (earlier / "config.json").write_text(resolve_config("fmnist-byol").to_json())
+    assert run_directory(config, resuming=True) == tmp_path / "byol+uniformity-seed0", "a run of another method is not taken for it"
+    (earlier / "config.json").write_text(config.to_json())
     assert run_directory(config, resuming=True) == earlier
     assert run_directory(config) == tmp_path / "byol+uniformity-seed0", "a new run takes the new name"
     (tmp_path / "byol+uniformity-seed0").mkdir()

@@ -58,7 +58,7 @@ def test_the_mmd_term_spreads_a_clustered_batch():
 
 
 def test_the_kernel_uniformity_regularizer_attaches_to_byol_with_its_weights():
-    config = resolve_config("fmnist", ["model.widths=8,16", "model.projector_hidden=32", "model.projection_dim=16", "model.predictor_hidden=32",
+    config = resolve_config("fmnist-byol", ["model.widths=8,16", "model.projector_hidden=32", "model.projection_dim=16", "model.predictor_hidden=32",
                                        "regularizers.kernel_uniformity=0.5", "regularizers.kernel_weights=2,5"])
     torch.manual_seed(0)
     method = build_method(config, in_channels=1).double()

@@ -50,7 +50,7 @@ def evaluate_encoder(model: str | Path, dataset: str, out_dir: Path, *, data_dir
         settings.append(f"data.data_dir={data_dir}")
     if dataset == "image-folder":
         settings.append(f"data.image_size={preprocess.image_size}")
-    config = resolve_config("fmnist", [*settings, *overrides])
+    config = resolve_config("fmnist-byol", [*settings, *overrides])
     out_dir.mkdir(parents=True, exist_ok=True)
     save_json(out_dir / "config.json", config.to_dict())
     source = read_weights(model)[2]

@@ -65,15 +65,26 @@ def select_device(name: str, local_rank: int = 0) -> torch.device:
 
 def run_directory(config: Config, *, resuming: bool = False) -> Path:
     """``run.out_dir/run.name``, by default ``<preset>-<method_label>-seed<seed>`` (the label left out where the preset's
-    name is the label). ``resuming``: a run named before the label named the regularizers, ``<preset>-<method>-seed<seed>``,
+    name already ends with it: ``fmnist-byol-seed0``, ``byol+uniformity-seed0``). ``resuming``: a run named before the label named the regularizers, ``<preset>-<method>-seed<seed>``,
     is found there when no run has the new name."""
     label = method_label(config)
     out = Path(config.run.out_dir)
     if config.run.name:
         return out / config.run.name
-    path = out / f"{config.preset}{'' if label == config.preset else '-' + label}-seed{config.run.seed}"
+    said = config.preset == label or config.preset.endswith("-" + label)
+    path = out / f"{config.preset}{'' if said else '-' + label}-seed{config.run.seed}"
     earlier = out / f"{config.preset}-{config.method.name}-seed{config.run.seed}"
-    return earlier if resuming and not path.exists() and (earlier / CHECKPOINT).exists() else path
+    if resuming and not path.exists() and (earlier / CHECKPOINT).exists() and _saved_label(earlier) == label:
+        return earlier
+    return path
+
+
+def _saved_label(run_dir: Path) -> str | None:
+    """The method label of the run saved in ``run_dir``, or None when its config does not read."""
+    try:
+        return method_label(load_run_config(run_dir))
+    except (UserError, OSError):
+        return None
 
 
 # Settings that may change on resume without changing the trajectory (run.seed does change it).
