@@ -65,8 +65,8 @@ def select_device(name: str, local_rank: int = 0) -> torch.device:
 
 def run_directory(config: Config, *, resuming: bool = False) -> Path:
     """``run.out_dir/run.name``, by default ``<preset>-<method_label>-seed<seed>`` (the label left out where the preset's
-    name already ends with it: ``fmnist-byol-seed0``, ``byol+uniformity-seed0``). ``resuming``: a run named before the label named the regularizers, ``<preset>-<method>-seed<seed>``,
-    is found there when no run has the new name."""
+    name already ends with it: ``fmnist-byol-seed0``, ``byol+uniformity-seed0``). ``resuming``: a run of the same label
+    named before the label named the regularizers, ``<preset>-<method>-seed<seed>``, is found when none has the new name."""
     label = method_label(config)
     out = Path(config.run.out_dir)
     if config.run.name:
