@@ -40,6 +40,17 @@ def write_tiny_fashion_mnist(directory: Path, train: int = 128, test: int = 64, 
     return directory
 
 
+
+def write_random_photos(folder: Path, count: int = 40, side: int = 20, seed: int = 0) -> Path:
+    """``folder/unlabeled/<i>.png``: ``count`` random RGB images of ``side`` px, an unlabelled image folder (needs Pillow)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    (folder / "unlabeled").mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8)).save(folder / "unlabeled" / f"{i}.png")
+    return folder
+
 @pytest.fixture
 def tiny_data(tmp_path: Path) -> Path:
     return write_tiny_fashion_mnist(tmp_path / "data")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TINY_RUN, write_tiny_fashion_mnist
+from conftest import TINY_RUN, write_random_photos, write_tiny_fashion_mnist
 from nocollapse.cli import main
 from nocollapse.config import resolve_config
 from nocollapse.embed import embed
@@ -40,11 +40,7 @@ def fmnist_run(tmp_path_factory):
 def rgb_run(tmp_path_factory):
     """A tiny RGB run on an image folder at 16 px."""
     root = tmp_path_factory.mktemp("embed-rgb")
-    rng = np.random.default_rng(0)
-    for i in range(40):
-        path = root / "photos" / "unlabeled" / f"{i}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(path)
+    write_random_photos(root / "photos")
     config = resolve_config("fmnist", [*TINY_RUN, "data.dataset=image-folder", f"data.data_dir={root / 'photos'}", "data.image_size=16",
                                        "augment.mean=0.5,0.4,0.3", "augment.std=0.2,0.25,0.3", f"run.out_dir={root}", "run.name=run",
                                        "run.device=cpu", "eval.monitor_every=0", "optim.batch_size=16", f"data.cache_dir={root / 'cache'}"])
