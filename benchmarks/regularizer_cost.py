@@ -21,6 +21,7 @@ import torch
 
 from nocollapse.config import resolve_config
 from nocollapse.train.loop import Trainer
+from nocollapse.train.runinfo import cpu_model
 
 REGULARIZED = ["regularizers.singular_value=30", "regularizers.brownian=0.1"]
 CONFIGS: dict[str, tuple[str, list[str]]] = {
@@ -37,6 +38,9 @@ CONFIGS: dict[str, tuple[str, list[str]]] = {
     "W-MSE 2 + SV + BD": ("fmnist-wmse2", REGULARIZED),
     # Not a regularizer: what checking every step for run.max_skipped_steps costs (a sync and a copy of the BatchNorm buffers).
     "BYOL, every step checked finite": ("fmnist-byol", ["run.max_skipped_steps=10"]),
+    # Nor these: the online linear probe (on by default where the images have labels) against the same steps without it.
+    "BYOL, online probe (eval.online_probe)": ("fmnist-byol", ["eval.online_probe=true"]),
+    "BYOL, no online probe": ("fmnist-byol", ["eval.online_probe=false"]),
 }
 
 
@@ -61,16 +65,19 @@ def main() -> None:
             for name, trainer in trainers.items():
                 batch = trainer.config.optim.batch_size
                 generator = torch.Generator(device=trainer.device)
-                trainer.train_step(trainer.pretrain_images[:batch], generator.manual_seed(0), generator)  # warm-up
+                # The batch's labels train the online probe where it is on, as in the training loop.
+                labels = (lambda rows: trainer.pretrain_labels[rows]) if trainer.online_probe is not None else (lambda rows: None)
+                trainer.train_step(trainer.pretrain_images[:batch], generator.manual_seed(0), generator, labels(slice(0, batch)))  # warm-up
                 _sync(trainer.device)
                 started = time.perf_counter()
                 for step in range(args.steps):
-                    images = trainer.pretrain_images[step * batch : (step + 1) * batch]
-                    trainer.train_step(images, generator.manual_seed(step), generator)
+                    rows = slice(step * batch, (step + 1) * batch)
+                    trainer.train_step(trainer.pretrain_images[rows], generator.manual_seed(step), generator, labels(rows))
                 _sync(trainer.device)
                 times[name].append((time.perf_counter() - started) / args.steps)
 
-    print(f"device {args.device}, torch {torch.__version__}, {torch.get_num_threads()} threads; median of {args.rounds} rounds × {args.steps} steps")
+    device = torch.cuda.get_device_name() if args.device.startswith("cuda") else cpu_model()
+    print(f"{device}, torch {torch.__version__}, {torch.get_num_threads()} threads; median of {args.rounds} rounds × {args.steps} steps")
     print(f"{'configuration':<38} {'ms/step':>8} {'views/s':>8}")
     for name, trainer in trainers.items():
         seconds = statistics.median(times[name])

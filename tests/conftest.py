@@ -40,7 +40,6 @@ def write_tiny_fashion_mnist(directory: Path, train: int = 128, test: int = 64, 
     return directory
 
 
-
 def write_random_photos(folder: Path, count: int = 40, side: int = 20, seed: int = 0) -> Path:
     """``folder/unlabeled/<i>.png``: ``count`` random RGB images of ``side`` px, an unlabelled image folder (needs Pillow)."""
     from PIL import Image
@@ -50,6 +49,23 @@ def write_random_photos(folder: Path, count: int = 40, side: int = 20, seed: int
     for i in range(count):
         Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8)).save(folder / "unlabeled" / f"{i}.png")
     return folder
+
+
+def write_labelled_folder(root: Path, side: int = 20) -> Path:
+    """``root/train|test/<class>/*.png``: RGB images whose class sets the colour of a square (learnable)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    colours = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255)}
+    for split, count in (("train", 12), ("test", 6)):
+        for name, colour in colours.items():
+            (root / split / name).mkdir(parents=True)
+            for i in range(count):
+                pixels = rng.integers(0, 80, (side, side, 3), dtype=np.uint8)
+                pixels[4:16, 4:16] = colour
+                Image.fromarray(pixels).save(root / split / name / f"{i}.png")
+    return root
+
 
 @pytest.fixture
 def tiny_data(tmp_path: Path) -> Path:

@@ -72,7 +72,7 @@ def bad_value(key: str) -> tuple[str, str]:
     if key in by_key:
         return by_key[key], repr(by_key[key])
     # Tuples of names: shown comma-separated, unquoted, as on the command line.
-    tuple_of_names = {"data.pretrain_splits": "train,nope"}
+    tuple_of_names = {"data.pretrain_splits": "train,nope", "eval.transfer": "cifar10,nope"}
     if key in tuple_of_names:
         return tuple_of_names[key], f"={tuple_of_names[key]}:"
     *sections, name = key.split(".")

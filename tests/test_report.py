@@ -10,11 +10,12 @@ import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from conftest import TINY_RUN, write_tiny_fashion_mnist
+from conftest import TINY_RUN, write_labelled_folder, write_tiny_fashion_mnist
 from nocollapse.cli import main
 from nocollapse.config import resolve_config
 from nocollapse.errors import UserError
@@ -24,7 +25,10 @@ from nocollapse.train.loop import Trainer
 
 # Spelled out, not derived from the code: dropping a required plot must fail the tests.
 SECTIONS = ["training", "accuracy", "geometry-scores", "loss", "knn", "schedule", "geometry", "spectrum", "map", "environment"]
-PLOTS = {"loss.png", "knn.png", "schedule.png", "geometry.png", "spectrum.png"}
+# With a run evaluated with few labels: their table, and their plot where matplotlib is installed.
+FEW_LABEL_SECTIONS = ["training", "accuracy", "few-labels", "geometry-scores", "loss", "knn", "schedule", "geometry", "labels", "spectrum",
+                      "map", "environment"]
+PLOTS = {"loss.png", "knn.png", "schedule.png", "geometry.png", "labels.png", "spectrum.png"}
 quiet = lambda *_: None
 
 
@@ -79,11 +83,12 @@ class Page(HTMLParser):
 
 @pytest.fixture(scope="module")
 def two_runs(tmp_path_factory):
-    """A BYOL run and a BYOL + uniformity run on the tiny dataset, trained and evaluated."""
+    """A BYOL run and a BYOL + uniformity run on the tiny dataset, trained and evaluated, the second also with few labels."""
     root = tmp_path_factory.mktemp("report")
     data = write_tiny_fashion_mnist(root / "data")
     runs = []
-    for name, extra in (("byol", []), ("byol-unif", ["regularizers.uniformity=1"])):
+    few_labels = ["regularizers.uniformity=1", "eval.label_fractions=0.25", "eval.shots=2", "eval.label_draws=2"]
+    for name, extra in (("byol", []), ("byol-unif", few_labels)):
         config = resolve_config("fmnist", [*TINY_RUN, f"data.data_dir={data}", f"run.out_dir={root}", "run.device=cpu", f"run.name={name}", *extra])
         trainer = Trainer(config, progress=False, log=quiet)
         evaluate_run(trainer.fit(), config, train_set=trainer.train_set, test_set=trainer.test_set, log=quiet)
@@ -99,7 +104,7 @@ def report(two_runs, tmp_path_factory):
 
 def test_the_page_has_every_section_and_a_figure_in_each(report):
     out, page = report
-    assert page.sections == SECTIONS
+    assert page.sections == FEW_LABEL_SECTIONS
     files = {image["data-file"] for image in page.images}
     assert files == PLOTS | {"map-1-byol.png", "map-2-byol-unif.png"}
     assert not page.notes, page.notes  # nothing missing
@@ -136,6 +141,47 @@ def test_the_accuracy_table_holds_the_numbers_of_eval_json(two_runs, report):
     assert rows[baselines[0]]["kNN k=20"] == f"{100 * raw['knn']['20']:.2f}"
 
 
+def test_the_few_label_table_holds_the_means_and_spreads_of_eval_json(two_runs, report):
+    _, page = report
+    header, *body = page.tables["few-labels-table"]
+    cells = {(row[0], row[1], row[3]): dict(zip(header, row)) for row in body}
+    evaluation = json.loads((two_runs[1] / "eval.json").read_text())
+    for row in evaluation["rows"]:
+        # The baselines were scored on the first run too (without few labels): they are merged, and keep these scores.
+        run = "byol-unif" if row is evaluation["rows"][-1] else "byol, byol-unif"
+        assert [scores["subset"] for scores in row["few_labels"]] == ["25%", "2-shot"]
+        for scores in row["few_labels"]:
+            line = cells[(row["name"], run, scores["subset"])]
+            assert line["per draw"] == str(scores["labels"]) and line["draws"] == "2"
+            for k, values in scores["knn"].items():
+                mean, std = np.mean(values), np.std(values, ddof=1)
+                assert line[f"kNN k={k}"] == f"{100 * mean:.2f} ± {100 * std:.2f}"
+            assert line["linear"] == f"{100 * np.mean(scores['linear']):.2f} ± {100 * np.std(scores['linear'], ddof=1):.2f}"
+    assert not any(row[1] == "byol" for row in body)  # the run without few labels has no line of its own
+
+
+def test_fine_tuning_and_transfer_get_their_sections_with_the_numbers_of_eval_json(tiny_data, tmp_path):
+    folder = write_labelled_folder(tmp_path / "colours")
+    config = resolve_config("fmnist", [*TINY_RUN, f"data.data_dir={tiny_data}", f"run.out_dir={tmp_path}", "run.device=cpu", "run.name=ft",
+                                       "eval.finetune_epochs=1", "eval.finetune_min_steps=4", f"eval.transfer=image-folder:{folder}"])
+    trainer = Trainer(config, progress=False, log=quiet)
+    evaluate_run(trainer.fit(), config, train_set=trainer.train_set, test_set=trainer.test_set, log=quiet)
+    page = Page(write_report([tmp_path / "ft"], tmp_path / "page", tsne=False, log=quiet).read_text())
+    assert page.sections == ["training", "accuracy", "finetune", "transfer", "geometry-scores", "loss", "knn", "schedule", "geometry",
+                             "labels", "spectrum", "map", "environment"]
+    evaluation = json.loads((tmp_path / "ft" / "eval.json").read_text())
+    (entry,) = evaluation["finetune"]
+    header, line = page.tables["finetune-table"]
+    cells = dict(zip(header, line))
+    assert (cells["labels"], cells["steps"]) == ("100%", "4")
+    assert cells["pretrained"] == f"{100 * entry['pretrained'][0]:.2f}" and cells["from scratch"] == f"{100 * entry['scratch'][0]:.2f}"
+    header, *body = page.tables["transfer-table"]
+    section = evaluation["transfer"][0]
+    assert [row[2] for row in body] == [row["name"] for row in section["rows"]] == ["raw pixels", "random convnet", "byol convnet"]
+    for line, row in zip(body, section["rows"]):
+        assert dict(zip(header, line))["linear top1"] == f"{100 * row['linear']['top1']:.2f}"
+
+
 def test_the_geometry_and_training_tables_hold_the_runs_numbers(two_runs, report):
     _, page = report
     geometry = page.rows("geometry-table")
@@ -157,7 +203,9 @@ def test_the_geometry_and_training_tables_hold_the_runs_numbers(two_runs, report
 
 def test_the_page_names_the_settings_that_differ_and_each_runs_environment(two_runs, report):
     _, page = report
-    assert page.tables["settings-table"] == [["setting", "byol", "byol-unif"], ["regularizers.uniformity", "0.0", "1.0"]]
+    assert page.tables["settings-table"] == [["setting", "byol", "byol-unif"], ["eval.label_draws", "3", "2"],
+                                             ["eval.label_fractions", "[]", "[0.25]"], ["eval.shots", "[]", "[2]"],
+                                             ["regularizers.uniformity", "0.0", "1.0"]]
     environment = json.loads((two_runs[0] / "environment.json").read_text())
     facts = {row[0]: row[1] for table in page.tables.values() for row in table if len(row) == 2}
     assert facts["git commit"] == environment["git"] and facts["torch"] == torch.__version__
@@ -183,7 +231,7 @@ def test_a_missing_extra_gives_a_message_and_a_page_without_its_plots(two_runs, 
     monkeypatch.setitem(sys.modules, module, None)  # import fails as if the package were not installed
     logged = []
     page = Page(write_report(two_runs, tmp_path, log=logged.append).read_text())
-    assert page.sections == SECTIONS
+    assert page.sections == [name for name in FEW_LABEL_SECTIONS if kept or name != "labels"]
     assert {image["data-file"] for image in page.images} == kept
     assert any(missing in note and "pip install 'nocollapse[report]'" in note for note in page.notes)
     assert any(missing in line for line in logged)

@@ -19,6 +19,8 @@ EXAMPLES = """examples:
                                                     your own images: DIR/unlabeled/** (+ train/<class>/, test/<class>/ to score)
   nocollapse train --resume run.name=long           continue an interrupted run exactly where its checkpoint left it
   nocollapse eval runs/fmnist-byol+uniformity-seed0 re-evaluate a saved run
+  nocollapse eval RUN eval.label_fractions=0.01,0.1 eval.finetune_epochs=3 eval.transfer=cifar10:DIR
+                                                    as the papers report it: few labels, fine-tuning, other datasets
   nocollapse eval --encoder FILE.safetensors --dataset fashion-mnist --out runs/scored
                                                     score an encoder no run trained, beside the same baselines
   nocollapse embed runs/fmnist-byol+uniformity-seed0 photos/ --out emb.npy
@@ -60,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--data-dir", help="with --encoder: where the dataset's files are")
     evaluate.add_argument("--out", type=Path, help="with --encoder: the directory for config.json, eval.json and the report "
                                                    "(default runs/eval-<encoder name>)")
-    evaluate.add_argument("overrides", nargs="*", metavar="key=value", help="eval.* or data.data_dir overrides, e.g. eval.knn_k=5,20,200")
+    evaluate.add_argument("overrides", nargs="*", metavar="key=value", help="eval.* or data.data_dir overrides, e.g. eval.knn_k=5,20,200, "
+                                                                                   "eval.label_fractions=0.01,0.1, eval.shots=1,5,10, eval.finetune_epochs=3, eval.transfer=NAME[:DIR],...")
     evaluate.add_argument("--device", help="auto | cpu | cuda | cuda:N")
     evaluate.add_argument("--no-report", action="store_true", help="do not rewrite the run's HTML report")
 

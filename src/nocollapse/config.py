@@ -126,9 +126,17 @@ class EvalConfig:
     monitor_every: int = 1  # kNN monitor on the test split every N epochs (0: off)
     monitor_train_samples: int = 10000  # training images that form the monitor's kNN bank (all: 0); the final evaluation uses all
     linear_probe: bool = True  # train a linear classifier on frozen features in the final evaluation
+    online_probe: bool = True  # accuracy while training: a linear head on the detached encoder features of each batch, trained alongside (solo-learn's online eval), logged as online_top1; needs labelled pretraining images, changes nothing in training
     probe_epochs: int = 30  # linear-probe epochs (Adam, cosine); 30 keeps evaluation within the CPU budget, raise for final numbers
     probe_min_steps: int = 1500  # the fewest linear-probe Adam steps: small labelled sets get more epochs (1,400 images give 2 steps an epoch); Fashion-MNIST's 30 epochs (1770 steps) are above it
     baselines: bool = True  # evaluate raw pixels and a randomly initialised encoder beside the trained one
+    label_fractions: tuple[float, ...] = ()  # also score kNN and the probe fitted on these class-balanced fractions of the training labels, e.g. 0.01,0.1 (BYOL's semi-supervised table); empty: off
+    shots: tuple[int, ...] = ()  # also score them fitted on this many labelled images per class, e.g. 1,5,10; empty: off
+    label_draws: int = 3  # random draws of each label subset (mean ± std over them); the same draws for every representation and every run with the same run.seed
+    finetune_epochs: int = 0  # also fine-tune the encoder + a linear head end to end on the labels (all, and each label subset), beside the same network from its initialisation, this many epochs each (0: off; eval/finetune.py has the recipe)
+    finetune_min_steps: int = 500  # the fewest fine-tuning steps (batch 128) whatever the labelled set's size: a 600-image subset gives 5 steps an epoch
+    finetune_lr: float = 0.05  # peak SGD learning rate of fine-tuning, cosine to 0; the same for the pretrained and the from-scratch network
+    transfer: tuple[str, ...] = ()  # also score the encoder on other datasets, NAME or NAME:DIR each (e.g. cifar10,image-folder:/data/leaves with train/ and test/ class folders), their images converted to its channels and size (eval/transfer.py), beside their own baselines; empty: off
 
 
 @dataclass
@@ -479,9 +487,18 @@ RULES: dict[str, Rule] = {
     "eval.monitor_every": integer(0, note=" (0: off)"),
     "eval.monitor_train_samples": integer(0, note=" (0: all)"),
     "eval.linear_probe": BOOL,
+    "eval.online_probe": BOOL,
     "eval.probe_epochs": integer(1),
     "eval.probe_min_steps": integer(0, note=" (0: exactly eval.probe_epochs)"),
     "eval.baselines": BOOL,
+    "eval.label_fractions": tuple_of(real(0, 1, low_open=True, high_open=True), note=" (fractions of each class's labels; none: off)"),
+    "eval.shots": tuple_of(integer(1), note=" (labelled images per class; none: off)"),
+    "eval.label_draws": integer(1),
+    "eval.finetune_epochs": integer(0, note=" (0: off)"),
+    "eval.finetune_min_steps": integer(1),
+    "eval.finetune_lr": real(0, low_open=True),
+    "eval.transfer": (lambda items: all(_transfer_item(item) for item in items),
+                      "NAME or NAME:DIR items, NAME one of fashion-mnist, cifar10, cifar100, stl10, image-folder (which needs :DIR)"),
     "run.seed": integer(0, 2**63 - 1, note=" (torch.manual_seed takes 64 bits)"),
     "run.device": (_device, "one of: auto, cpu, cuda, cuda:N (N in 0..127), mps"),
     "run.out_dir": (_path, "a directory path without NUL bytes"),
@@ -496,6 +513,12 @@ RULES: dict[str, Rule] = {
     "distributed.gather": BOOL,
     "distributed.sync_bn": BOOL,
 }
+
+
+def _transfer_item(text: str) -> bool:
+    """``NAME`` or ``NAME:DIR`` of a dataset nocollapse reads; an image folder needs its directory."""
+    name, _, directory = text.partition(":")
+    return name in CHOICES["data.dataset"] and (name != "image-folder" or bool(directory))
 
 
 def validate(config: Config) -> None:

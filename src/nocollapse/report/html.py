@@ -181,6 +181,7 @@ def _evaluation_rows(runs: Sequence[RunRecord]) -> list[tuple[dict[str, Any], st
             for key in SCORE_KEYS:
                 merged[key].update(row.get(key) or {})
             merged["geometry"] = merged.get("geometry") or row.get("geometry")
+            merged["few_labels"] = merged.get("few_labels") or row.get("few_labels")
             labels.append(run.label)
     rows = [(row, ", ".join(labels), dataset, True) for row, labels, dataset in baselines]
     return rows + [(row, run.label, run.dataset, False) for run in runs if (row := run.trained_row())]
@@ -208,6 +209,60 @@ def accuracy_table(runs: Sequence[RunRecord]) -> str:
             for (row, labels, dataset, _), vals in zip(entries, values)]
     return _table(header, rows, numeric_from=3, row_classes=["baseline" if e[3] else "" for e in entries], best=best,
                   table_id="accuracy-table")
+
+
+def few_label_table(runs: Sequence[RunRecord]) -> str:
+    """Accuracies (%) fitted on few labels, mean ± std over the draws: one line per representation and label subset,
+    the baselines once each as in the accuracy table; empty when no run was evaluated with few labels."""
+    entries = [(row, labels, dataset, baseline, scores) for row, labels, dataset, baseline in _evaluation_rows(runs)
+               for scores in row.get("few_labels") or []]
+    if not entries:
+        return ""
+    columns = list(dict.fromkeys(column for *_, scores in entries for column in scores["summary"]))
+    header = ["representation", "run", "dataset", "labels", "per draw", "draws"] + columns
+
+    def cell(summary: dict[str, Any], column: str) -> str:
+        return f"{100 * summary[column]['mean']:.2f} ± {100 * summary[column]['std']:.2f}" if column in summary else "–"
+
+    rows = [[row["name"], labels, dataset, scores["subset"], str(scores["labels"]), str(scores["draws"])]
+            + [cell(scores["summary"], column) for column in columns] for row, labels, dataset, _, scores in entries]
+    return _table(header, rows, numeric_from=4, row_classes=["baseline" if e[3] else "" for e in entries], table_id="few-labels-table")
+
+
+def _mean_std(values: Sequence[float]) -> str:
+    """``mean ± std`` in percent (sample std; the mean alone for one value)."""
+    mean = statistics.fmean(values)
+    return f"{100 * mean:.2f}" + (f" ± {100 * statistics.stdev(values):.2f}" if len(values) > 1 else "")
+
+
+def finetune_table(runs: Sequence[RunRecord]) -> str:
+    """Fine-tuned top-1 (%) of each run's encoder and of the same network from scratch, per labelled set; empty without any."""
+    rows, recipes = [], []
+    for run in runs:
+        for entry in (run.evaluation or {}).get("finetune") or []:
+            gain = statistics.fmean(entry["pretrained"]) - statistics.fmean(entry["scratch"])
+            rows.append([run.label, run.dataset, entry["subset"], str(entry["labels"]), str(entry["draws"]), str(entry["steps"]),
+                         _mean_std(entry["pretrained"]), _mean_std(entry["scratch"]), f"{100 * gain:+.2f}"])
+            recipes.append(f"{run.label}: {entry['recipe']}")
+    if not rows:
+        return ""
+    table = _table(["run", "dataset", "labels", "per draw", "draws", "steps", "pretrained", "from scratch", "gain"], rows, numeric_from=3,
+                   table_id="finetune-table")
+    return table + "".join(f'<p class="caption">{html.escape(recipe)}</p>' for recipe in dict.fromkeys(recipes))
+
+
+def transfer_table(runs: Sequence[RunRecord]) -> str:
+    """kNN and linear top-1 (%) on each transfer target: its baselines (grey) and the run's encoder; empty without any."""
+    entries = [(section, row, run) for run in runs for section in (run.evaluation or {}).get("transfer") or [] for row in section["rows"]]
+    if not entries:
+        return ""
+    ks = sorted({int(k) for _, row, _ in entries for k in row.get("knn", {})})
+    header = ["target", "conversion", "representation", "run", "dim"] + [f"kNN k={k}" for k in ks] + ["linear top1"]
+    rows = [[section["dataset"], section["conversion"], row["name"], run.label, str(row["dim"])]
+            + [_cell(row.get("knn", {}).get(str(k)), 2, 100) for k in ks] + [_cell(row.get("linear", {}).get("top1"), 2, 100)]
+            for section, row, run in entries]
+    baseline = ["baseline" if row is not section["rows"][-1] else "" for section, row, _ in entries]
+    return _table(header, rows, numeric_from=4, row_classes=baseline, table_id="transfer-table")
 
 
 def unscored_note(runs: Sequence[RunRecord]) -> str:
@@ -269,10 +324,12 @@ def environment_section(run: RunRecord) -> str:
 FIGURES: list[tuple[str, str, Callable[[Sequence[RunRecord]], Any], str]] = [
     ("loss", "Training loss terms", plots.loss_figure,
      "Mean of each loss term over each logging window. The total is what the optimiser minimises; the other panels are its weighted parts."),
-    ("knn", "kNN accuracy over epochs", plots.knn_figure,
+    ("knn", "Accuracy during training", plots.knn_figure,
      "Top-1 of a cosine kNN classifier on the test split, measured at the end of epochs from a fixed bank of training images "
-     "(eval.monitor_train_samples). Star: the final evaluation, which votes from the whole training set. Dotted: raw pixels "
-     "in the final evaluation, the bar a representation must clear."),
+     "(eval.monitor_train_samples). Star: the final evaluation, which votes from the whole training set. Dashed: the online "
+     "probe (eval.online_probe), a linear head trained alongside on the detached features of the training views, its top-1 on "
+     "each window's batches before it learns from them; it reads below the final probe, and its use is the trend. Dotted: "
+     "raw pixels in the final evaluation, the bar a representation must clear."),
     ("schedule", "Learning rate and EMA momentum τ", plots.schedule_figure,
      "The learning rate (warm-up then decay) and, for methods with a target network, the EMA momentum τ that rises to 1."),
     ("geometry", "Alignment, uniformity and rank over epochs", plots.geometry_figure,
@@ -280,11 +337,20 @@ FIGURES: list[tuple[str, str, Callable[[Sequence[RunRecord]], Any], str]] = [
      "normalised embeddings times √d (about 1 when spread, 0 when collapsed), of the test features (top) and projections (bottom). "
      "Dashed: the std of each training window's online projections; dotted: the level below which training warns of collapse. "
      "Collapse shows as uniformity rising to 0, RankMe falling to 1 and the std to 0."),
+    ("labels", "Accuracy against the number of labels", plots.label_efficiency_figure,
+     "Test top-1 of kNN and the linear probe fitted on class-balanced subsets of the training labels (eval.label_fractions, "
+     "eval.shots), against the number of labelled images; bars: ±1 std over the draws of each subset, the same draws for every "
+     "representation of a run. The last point is the whole training set. Dashed grey: the baselines. The gap between a trained "
+     "line and the baselines at few labels is what pretraining saves in labelling. Where the run fine-tuned (eval.finetune_epochs), "
+     "the last panel shows the fine-tuned encoder (solid) against the same network trained from scratch (dotted)."),
     ("spectrum", "Singular spectrum of the test embeddings", plots.spectrum_figure,
      "Singular values σ_k/σ_1 of the test embeddings after training (log scale); dashed: the baselines. A spectrum that "
      "drops to ~0 after a few values is dimensional collapse, which uniformity can hide."),
 ]
 
+
+# Figures of evaluations that runs make only when asked (eval.label_fractions, eval.shots, eval.finetune_epochs): no section without them.
+OPTIONAL_FIGURES = {"labels"}
 
 MAP_CAPTION = ("t-SNE of the ℓ2-normalised encoder features of a fixed subset of test images, one colour per class. "
                "Neighbourhoods are meaningful; the distances between clusters and their sizes are not.")
@@ -331,6 +397,8 @@ def write_report(run_dirs: Sequence[Path | str], out_dir: Path | str, *, title: 
     sections = []
     for name, heading, build, caption in FIGURES:
         figure = None if no_plots else build(runs)
+        if figure is None and name in OPTIONAL_FIGURES:
+            continue
         note = "" if figure is not None else ("no plots without matplotlib" if no_plots else "no run logged what this plot needs")
         sections.append((name, heading, [PageFigure(save(f"{name}.png", figure) if figure is not None else None, caption, note)]))
 
@@ -367,7 +435,9 @@ def render_page(runs: Sequence[RunRecord], sections: list[tuple[str, str, list[P
                 title: str) -> str:
     """The page's HTML: tables first, then each section's figures (inline PNG) or the note saying why it has none."""
     generated = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    nav = [("training", "runs"), ("accuracy", "accuracy"), ("geometry-scores", "geometry")] + [(name, name) for name, *_ in sections] + [("environment", "environment")]
+    optional = [("few-labels", "few labels", few_label_table), ("finetune", "fine-tuning", finetune_table), ("transfer", "transfer", transfer_table)]
+    nav = ([("training", "runs"), ("accuracy", "accuracy")] + [(i, t) for i, t, table in optional if table(runs)]
+           + [("geometry-scores", "geometry")]) + [(name, name) for name, *_ in sections] + [("environment", "environment")]
     parts = [f"<h1>{html.escape(title)}</h1>", f'<p class="lede">{len(runs)} run(s), report generated {generated}</p>',
              "<nav>" + "".join(f'<a href="#{i}">{html.escape(t)}</a>' for i, t in nav) + "</nav>"]
     parts += [f'<p class="note">{html.escape(note)}</p>' for note in notes]
@@ -379,6 +449,24 @@ def render_page(runs: Sequence[RunRecord], sections: list[tuple[str, str, list[P
                  '<p class="caption">Top-1 accuracy (%) on the test split: cosine kNN (temperature-weighted votes) and a linear probe on '
                  'frozen features. Grey rows are the baselines: raw pixels, and the same encoder at its initialisation. Bold: best of the column for its dataset.</p>'
                  f"{accuracy}</section>")
+    if few := few_label_table(runs):
+        parts.append('<section id="few-labels"><h2>Accuracy with few labels</h2>'
+                     '<p class="caption">The same scores with the kNN bank and the probe fitted on class-balanced subsets of the training labels '
+                     '(a fraction of each class, or a number of shots per class), each drawn several times: mean ± sample std over the draws. '
+                     'The test split is whole. kNN\'s k is clamped to the subset size.</p>'
+                     f"{few}</section>")
+    if finetuned := finetune_table(runs):
+        parts.append('<section id="finetune"><h2>Fine-tuning against training from scratch</h2>'
+                     '<p class="caption">The encoder and a linear head trained end to end on the labels (all of them, and each few-label '
+                     'subset), beside the same architecture from the run\'s initialisation with the same recipe, budget and seed: the gain is '
+                     'what pretraining is worth once the labels may move the weights. Mean ± std over the label draws.</p>'
+                     f"{finetuned}</section>")
+    if transferred := transfer_table(runs):
+        parts.append('<section id="transfer"><h2>Transfer to other datasets</h2>'
+                     '<p class="caption">The frozen encoder on other datasets, their images converted to its input as the conversion '
+                     'column says: kNN and the linear probe fitted on the target\'s train split, scored on its test split, beside the '
+                     'target\'s raw pixels and the random encoder (grey).</p>'
+                     f"{transferred}</section>")
     geometry = geometry_table(runs) or '<p class="note">No geometry: the runs have not been evaluated.</p>'
     parts.append('<section id="geometry-scores"><h2>Geometry of the test embeddings</h2>'
                  '<p class="caption">Alignment and uniformity (Wang &amp; Isola; lower is better for both), RankMe (effective rank, at most dim), '

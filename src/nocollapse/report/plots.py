@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import io
 import math
+import statistics
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -109,17 +110,23 @@ def loss_figure(runs: Sequence[RunRecord]) -> Figure | None:
 
 def knn_figure(runs: Sequence[RunRecord]) -> Figure | None:
     """The per-epoch kNN top-1 of each run (a star: its final evaluation, with the whole training set as
-    the bank), and each dataset's raw-pixel kNN from the final evaluation, dotted."""
-    series = []
+    the bank), its online probe's top-1 on the training views of each window (thin, dashed), and each
+    dataset's raw-pixel kNN from the final evaluation, dotted."""
+    series, online = [], []
     for run in runs:
         points = [(m["epoch"], 100 * m[key], key.removeprefix("knn_top1_k")) for m in run.monitors if (key := knn_key(m))]
         if points:
             series.append((run, points))
-    if not series:
+        if windows := [(w["epoch"], 100 * w["online_top1"]) for w in run.windows if "online_top1" in w]:
+            online.append((run, windows))
+    if not series and not online:
         return None
     colors = run_colors(runs)
     figure, (ax,) = _figure(1, 1)
     figure.set_size_inches(PANEL_SIZE[0] * 1.6, PANEL_SIZE[1] * 1.3)
+    for run, windows in online:
+        x, y = zip(*windows)
+        ax.plot(x, y, color=colors[run.label], linestyle="--", linewidth=0.8, alpha=0.8, label=f"{run.label}, online probe (training views)")
     baselines: dict[tuple[str, str], float] = {}
     for run, points in series:
         x, y, ks = zip(*points)
@@ -136,7 +143,7 @@ def knn_figure(runs: Sequence[RunRecord]) -> Figure | None:
         ax.annotate(f"raw pixels, {dataset} (k={k})", (0, accuracy), xycoords=("axes fraction", "data"), xytext=(3, 3),
                     textcoords="offset points", fontsize=8, color="0.3")
     ax.set_xlabel("epoch")
-    ax.set_ylabel("kNN top-1 (%)")
+    ax.set_ylabel("top-1 (%)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return figure
@@ -257,6 +264,65 @@ def spectrum_figure(runs: Sequence[RunRecord]) -> Figure | None:
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
     return figure
+
+
+def label_efficiency_figure(runs: Sequence[RunRecord]) -> Figure | None:
+    """Accuracy against the number of labelled training images (log scale): a panel for the first kNN k and one for
+    the linear probe (each run's trained encoder solid, the baselines dashed and grey; the last point of a line is the
+    full training set, from the main evaluation), and where runs fine-tuned, a panel of the fine-tuned encoder (solid)
+    against the same network from scratch (dotted). Bars: ±1 std over the label draws."""
+    evaluated = [run for run in runs if any(row.get("few_labels") for row in (run.evaluation or {}).get("rows", []))]
+    finetuned = [run for run in runs if (run.evaluation or {}).get("finetune")]
+    if not evaluated and not finetuned:
+        return None
+    colors = run_colors(runs)
+    first_k = next((k for run in evaluated for row in run.evaluation["rows"] for scores in row.get("few_labels", []) for k in scores["knn"]), None)
+    panels = [(f"kNN k={first_k}", ("knn", first_k)), ("linear", ("linear", "top1"))] if evaluated else []
+    figure, axes = _figure(1, len(panels) + bool(finetuned))
+    drawn: set[tuple[str, str, int]] = set()  # a baseline shared by runs is drawn once
+    greys = iter(["0.25", "0.55", "0.4", "0.7"] * 100)
+    for run in evaluated:
+        rows = run.evaluation["rows"]
+        total = run.evaluation.get("labelled_train_images", 0)
+        for index, row in enumerate(rows):
+            trained = index == len(rows) - 1
+            if not trained and (key := (run.dataset, row["name"], row["dim"])) in drawn:
+                continue
+            style = ({"color": colors[run.label], "linewidth": 1.5, "label": run.label} if trained else
+                     {"color": next(greys), "linestyle": "--", "linewidth": 1, "label": row["name"]})
+            if not trained:
+                drawn.add(key)
+            for ax, (column, (score, key_)) in zip(axes, panels):
+                points = sorted((s["labels"], s["summary"][column]["mean"], s["summary"][column]["std"])
+                                for s in row.get("few_labels", []) if column in s["summary"])
+                full = (row.get(score) or {}).get(key_)
+                if total and full is not None:
+                    points.append((total, full, 0.0))
+                if points:
+                    _error_line(ax, points, **style)
+    titles = [f"{column} against labels" for column, _ in panels]
+    if finetuned:
+        ax = axes[len(panels)]
+        for run in finetuned:
+            for key, linestyle, name in (("pretrained", "-", run.label + ", fine-tuned"), ("scratch", ":", run.label + ", from scratch")):
+                points = sorted((entry["labels"], statistics.fmean(entry[key]), statistics.stdev(entry[key]) if len(entry[key]) > 1 else 0.0)
+                                for entry in run.evaluation["finetune"])
+                _error_line(ax, points, color=colors[run.label], linestyle=linestyle, linewidth=1.5, label=name)
+        titles.append("fine-tuned end to end")
+    for ax, title in zip(axes, titles):
+        ax.set_xscale("log")
+        ax.set_title(title)
+        ax.set_xlabel("labelled training images (log)")
+        ax.set_ylabel("test top-1 (%)")
+        ax.grid(alpha=0.3, which="both")
+    _legend(figure, axes, runs)
+    return figure
+
+
+def _error_line(ax: Any, points: Sequence[tuple[float, float, float]], **style: Any) -> None:
+    """(x, mean, std) points, accuracies as fractions, drawn in percent with ±std bars."""
+    x, mean, std = zip(*points)
+    ax.errorbar(x, [100 * m for m in mean], yerr=[100 * d for d in std], marker="o", markersize=3, capsize=2, **style)
 
 
 def unmappable(features: torch.Tensor) -> str | None:

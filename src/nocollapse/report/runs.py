@@ -21,8 +21,10 @@ from nocollapse.train.evaluation import EMBEDDINGS_FILE, EVAL_FILE
 from nocollapse.train.loop import METRICS
 
 GEOMETRY_KEYS = {"dim", "uniformity", "rankme", "separability", "std"}
+FEW_LABEL_KEYS = {"subset", "labels", "draws", "knn", "linear", "summary"}
+FINETUNE_KEYS = {"subset", "labels", "draws", "steps", "recipe", "pretrained", "scratch"}
 # Keys of a training-window metric line that are not loss terms.
-WINDOW_KEYS = {"step", "epoch", "lr", "tau", "img/s", "loss", "grad_norm", "embedding_std"}
+WINDOW_KEYS = {"step", "epoch", "lr", "tau", "img/s", "loss", "grad_norm", "embedding_std", "online_top1"}
 EVENT_KEYS = ("resumed", "error", "stopped", "warning", "skipped")
 
 
@@ -153,7 +155,13 @@ def check_evaluation(evaluation: Any, path: Path) -> dict[str, Any]:
 
     if not isinstance(evaluation, dict) or not isinstance(evaluation.get("rows", []), list):
         raise fail("no list of rows")
-    entries = [*evaluation.get("rows", []), *evaluation.get("projections", [])]
+    finetuned, transferred = evaluation.get("finetune", []), evaluation.get("transfer", [])
+    if not isinstance(finetuned, list) or not all(isinstance(e, dict) and FINETUNE_KEYS <= e.keys() for e in finetuned):
+        raise fail(f"fine-tuning entries without {sorted(FINETUNE_KEYS)}")
+    if not isinstance(transferred, list) or not all(isinstance(t, dict) and {"dataset", "conversion"} <= t.keys()
+                                                    and isinstance(t.get("rows"), list) for t in transferred):
+        raise fail("transfer sections without a dataset, a conversion and rows")
+    entries = [*evaluation.get("rows", []), *evaluation.get("projections", []), *(row for t in transferred for row in t["rows"])]
     for row in entries:
         if not isinstance(row, dict) or not isinstance(row.get("name"), str) or not isinstance(row.get("dim"), int):
             raise fail("a row without a name or dim")
@@ -162,6 +170,9 @@ def check_evaluation(evaluation: Any, path: Path) -> dict[str, Any]:
             raise fail(f"geometry without {sorted(GEOMETRY_KEYS)}")
         if not all(isinstance(row.get(key, {}), dict) for key in ("knn", "knn_euclidean", "linear")):
             raise fail("scores that are not tables")
+        few = row.get("few_labels", [])
+        if not isinstance(few, list) or not all(isinstance(s, dict) and FEW_LABEL_KEYS <= s.keys() and isinstance(s["summary"], dict) for s in few):
+            raise fail(f"few-label scores without {sorted(FEW_LABEL_KEYS)}")
     return evaluation
 
 

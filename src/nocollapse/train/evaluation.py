@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+import statistics
 import time
 from pathlib import Path
 
@@ -15,11 +16,15 @@ from nocollapse.train.runinfo import environment
 from nocollapse.data import ImageDataset
 from nocollapse.data.registry import NATIVE_SIZE, dataset_splits
 from nocollapse.errors import UserError
-from nocollapse.eval.evaluate import RepresentationScores, format_geometry_table, format_table, score_features
+from nocollapse.eval.evaluate import RepresentationScores, format_few_label_table, format_geometry_table, format_table, render_table, score_features
+from nocollapse.eval.few_labels import draw_subsets, label_subsets
+from nocollapse.eval.finetune import FinetuneRecipe, finetune
+from nocollapse.eval.transfer import TransferTarget, load_target
 from nocollapse.eval.features import encoder_features, pixel_features, positive_views, view_features
 from nocollapse.eval.geometry import UNIFORMITY_SAMPLES, GeometryScores, geometry_scores
 from nocollapse.methods import Method, build_method, method_label
 from nocollapse.nn.backbones import build_backbone
+from nocollapse.train.amp import use_bf16
 from nocollapse.train.checkpoint import load_checkpoint, save_checkpoint, save_json
 from nocollapse.train.loop import CHECKPOINT, load_run_config, select_device
 from nocollapse.train.run_data import load_run_data, unlabelled_probe
@@ -97,7 +102,13 @@ def evaluate_run(
         test_set = ImageDataset(images=unlabelled_probe(pretrain, config.run.seed), labels=None, classes=[],
                                 name=f"{config.data.dataset}/pretraining")
     e = config.eval
+    targets = [TransferTarget.parse(text) for text in e.transfer]
+    for target in targets:  # before any scoring: a typo must not cost the evaluation's minutes
+        target.check_splits()
     classes = len(train_set.classes) if labelled else 0
+    # Drawn once from the run's seed, so that every row below is fitted on the same labelled images.
+    subsets = label_subsets(e.label_fractions, e.shots) if labelled else []
+    draws = draw_subsets(train_set.labels, classes, subsets, e.label_draws, config.run.seed) if subsets else None
     in_channels, image_size = test_set.images.shape[1], test_set.images.shape[-1]
     # Positive pairs for alignment, in [0, 1]: the same views for every row, flattened for raw pixels.
     views = positive_views(test_set.images, config.augment, device=device_)
@@ -112,7 +123,8 @@ def evaluate_run(
             return RepresentationScores(name, test_features.shape[1], {}, seconds=time.perf_counter() - started, geometry=geometry)
         row = score_features(name, train_features, train_set.labels, test_features, test_set.labels, num_classes=classes,
                              knn_k=e.knn_k, knn_temperature=e.knn_temperature, knn_euclidean_k=e.knn_euclidean_k, probe=e.linear_probe,
-                             probe_epochs=e.probe_epochs, probe_min_steps=e.probe_min_steps, seed=config.run.seed, test_views=test_views)
+                             probe_epochs=e.probe_epochs, probe_min_steps=e.probe_min_steps, seed=config.run.seed, test_views=test_views,
+                             label_draws=draws)
         log(f"  scored {name} in {row.seconds:.1f}s")
         return row
 
@@ -132,13 +144,13 @@ def evaluate_run(
 
     model = config.model
     rows, projection_rows = [], []
+    # The trained run started from exactly this initialisation: training seeds the RNG, then builds the method.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.run.seed)
+        initial = build_method(config, in_channels, image_size)
     if e.baselines:
         rows.append(score("raw pixels", pixel_features(train_set.images).to(device_) if labelled else None, pixel_features(test_set.images).to(device_),
                           pixel_views(views, test_set.images.shape[-2:]).flatten(2)))
-        # The trained run started from exactly this initialisation: training seeds the RNG, then builds the method.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(config.run.seed)
-            initial = build_method(config, in_channels, image_size)
         rows.append(encoder_rows(f"random {model.backbone}", initial.encoder)[0])
         projection_rows.append(projection_row(f"random {method_label(config)} projections", initial))
     trained = build_backbone(model.backbone, in_channels=in_channels, widths=model.widths, depth=model.depth, stem=model.stem,
@@ -163,19 +175,104 @@ def evaluate_run(
     else:
         log(f"  no {CHECKPOINT} in {run_dir}: the projections of the trained method are not scored")
 
+    transferred = []
+    for target in targets:
+        transferred.append(transfer_section(config, target, trained, initial.encoder if e.baselines else None, channels=in_channels,
+                                            size=image_size, device=device_, log=log))
+
+    finetuned = []
+    if labelled and e.finetune_epochs:
+        finetuned = finetune_rows(config, trained, initial.encoder, train_set, test_set, draws or {}, device=device_, log=log)
+
     if labelled:
         log(format_table(rows, title=f"{config.data.dataset} test split, top-1 accuracy (%)"))
+        if draws:
+            log(format_few_label_table(rows, title=f"{config.data.dataset} test split, top-1 accuracy (%) with few training labels: "
+                                                   f"mean ± std over {e.label_draws} class-balanced draw(s) of run.seed={config.run.seed}"))
+        if finetuned:
+            log(format_finetune_table(finetuned, title=f"{config.data.dataset} test split, top-1 accuracy (%) after fine-tuning end to end: "
+                                                       f"{FinetuneRecipe(e.finetune_epochs, e.finetune_min_steps, e.finetune_lr).describe()}"))
     else:
         available = dataset_splits(config.data.dataset, config.data.data_dir)
         log(f"no accuracy: it needs labelled train/ and test/ splits ({config.data.dataset} here has {', '.join(available) or 'none'}); "
             f"the geometry below is of {len(test_set)} pretraining images")
+    for section in transferred:
+        log(format_table(section["scores"], title=f"transfer to {section['dataset']} ({section['conversion']}): test top-1 accuracy (%), "
+                                                  "fitted on its train split"))
     tested = len(test_set)
     log(format_geometry_table([(row.name, row.geometry) for row in rows] + projection_rows,
                               title=f"{config.data.dataset} {'test split' if test_set.labelled else 'pretraining images'}, geometry of their embeddings (alignment: {views.shape[1]} images × "
                                     f"{views.shape[0]} views; uniformity: {min(tested, UNIFORMITY_SAMPLES)} of {tested} images)"))
-    save_json(run_dir / EVAL_FILE, {"dataset": config.data.dataset, "rows": [row.to_dict() for row in rows],
+    save_json(run_dir / EVAL_FILE, {"dataset": config.data.dataset, "labelled_train_images": len(train_set) if labelled else 0,
+                                    "rows": [row.to_dict() for row in rows], "finetune": finetuned,
+                                    "transfer": [{key: value for key, value in section.items() if key != "scores"}
+                                                 | {"rows": [row.to_dict() for row in section["scores"]]} for section in transferred],
                                     "projections": [{"name": name, "dim": g.dim, "geometry": g.to_dict()} for name, g in projection_rows]})
     return rows
+
+
+def transfer_section(config: Config, target: TransferTarget, trained: torch.nn.Module, initial: torch.nn.Module | None, *, channels: int,
+                     size: int, device: torch.device, log: Callable[[str], object] = print) -> dict:
+    """kNN and the linear probe of ``trained`` (which takes ``channels`` × ``size`` × ``size`` images) on ``target``'s splits,
+    converted to its input (:mod:`~nocollapse.eval.transfer`), beside the target's raw pixels and ``initial`` (both skipped
+    when it is None): ``{"dataset", "conversion", "train_images", "test_images", "scores"}``."""
+    e = config.eval
+    train_set, test_set, conversion = load_target(target, channels, size, cache_dir=config.data.cache_dir, log=log)
+    classes = len(train_set.classes)
+    settings = {"mean": config.augment.mean, "std": config.augment.std, "device": device, "amp": False}
+
+    def score(name: str, train_features: torch.Tensor, test_features: torch.Tensor) -> RepresentationScores:
+        row = score_features(name, train_features, train_set.labels, test_features, test_set.labels, num_classes=classes, knn_k=e.knn_k,
+                             knn_temperature=e.knn_temperature, knn_euclidean_k=e.knn_euclidean_k, probe=e.linear_probe,
+                             probe_epochs=e.probe_epochs, probe_min_steps=e.probe_min_steps, seed=config.run.seed)
+        log(f"  scored {name} on {target.label} in {row.seconds:.1f}s")
+        return row
+
+    scores = []
+    if initial is not None:
+        scores.append(score("raw pixels", pixel_features(train_set.images).to(device), pixel_features(test_set.images).to(device)))
+    for name, encoder in ([(f"random {config.model.backbone}", initial)] if initial is not None else []) + [
+            (f"{method_label(config)} {config.model.backbone}", trained)]:
+        encoder.to(device)
+        scores.append(score(name, encoder_features(encoder, train_set.images, **settings), encoder_features(encoder, test_set.images, **settings)))
+    return {"dataset": target.label, "conversion": conversion, "train_images": len(train_set), "test_images": len(test_set), "scores": scores}
+
+
+def finetune_rows(config: Config, trained: torch.nn.Module, initial: torch.nn.Module, train_set: ImageDataset, test_set: ImageDataset,
+                  draws: dict, *, device: torch.device, log: Callable[[str], object] = print) -> list[dict]:
+    """Fine-tune the ``trained`` encoder and the ``initial`` one (its initialisation) on all the training labels and on
+    each draw of each label subset (``draws``, :func:`~nocollapse.eval.few_labels.draw_subsets`), with the same recipe,
+    budget and seed; one ``eval.json`` entry per labelled set: top-1 of each network per draw, steps, seconds, recipe."""
+    e = config.eval
+    recipe = FinetuneRecipe(e.finetune_epochs, e.finetune_min_steps, e.finetune_lr)
+    settings = {"num_classes": len(train_set.classes), "recipe": recipe, "mean": config.augment.mean, "std": config.augment.std,
+                "seed": config.run.seed, "device": device, "amp": use_bf16(config.run.amp, device), "channels_last": config.run.channels_last}
+    sets = [("100%", [torch.arange(len(train_set))])] + [(subset.name, index_sets) for subset, index_sets in draws.items()]
+    entries = []
+    for name, index_sets in sets:
+        entry: dict = {"subset": name, "labels": len(index_sets[0]), "draws": len(index_sets), "steps": recipe.steps(len(index_sets[0])),
+                       "recipe": recipe.describe(), "pretrained": [], "scratch": [], "seconds": 0.0}
+        for draw, indices in enumerate(index_sets):
+            for network, key in ((trained, "pretrained"), (initial, "scratch")):
+                result = finetune(network, train_set.images[indices], train_set.labels[indices], test_set.images, test_set.labels,
+                                  description=f"fine-tune {key} on {name}" + (f" (draw {draw + 1})" if len(index_sets) > 1 else ""),
+                                  progress=True, **settings)
+                entry[key].append(result["top1"])
+                entry["seconds"] += result["seconds"]
+        log(f"  fine-tuned on {name} of the labels ({entry['labels']} images, {entry['steps']} steps, {entry['draws']} draw(s)) in {entry['seconds']:.1f}s")
+        entries.append(entry)
+    return entries
+
+
+def format_finetune_table(entries: Sequence[dict], *, title: str = "") -> str:
+    """A plain-text table of :func:`finetune_rows`: per labelled set, both networks' top-1 (mean ± std over draws) and the gain."""
+    def cell(values: list[float]) -> str:
+        return f"{100 * statistics.fmean(values):.2f}" + (f" ± {100 * statistics.stdev(values):.2f}" if len(values) > 1 else "")
+
+    header = ["labels", "per draw", "draws", "steps", "pretrained", "from scratch", "gain"]
+    lines = [[entry["subset"], str(entry["labels"]), str(entry["draws"]), str(entry["steps"]), cell(entry["pretrained"]), cell(entry["scratch"]),
+              f"{100 * (statistics.fmean(entry['pretrained']) - statistics.fmean(entry['scratch'])):+.2f}"] for entry in entries]
+    return render_table(header, lines, title)
 
 
 def pixel_views(views: torch.Tensor, side: tuple[int, int]) -> torch.Tensor:

@@ -37,6 +37,7 @@ from nocollapse.train.checkpoint import atomic_write_bytes, load_checkpoint, sav
 from nocollapse.train.collapse import CollapseWatch
 from nocollapse.train.distributed import gather_views, init_distributed, mean_over_processes, shutdown_distributed
 from nocollapse.train.run_data import load_run_data, unlabelled_probe
+from nocollapse.train.online_probe import OnlineProbe, pretraining_labels
 from nocollapse.train.optim import build_optimizer, describe_param_groups, split_param_groups
 from nocollapse.progress import Progress
 from nocollapse.train.runinfo import environment
@@ -168,6 +169,9 @@ class Trainer:
                 self.method = nn.SyncBatchNorm.convert_sync_batchnorm(self.method)
         if config.run.channels_last:
             self.method.to(memory_format=torch.channels_last)
+        labels, classes = pretraining_labels(self.pretrain_sets) if config.eval.online_probe else (None, 0)
+        self.pretrain_labels = labels.to(self.device) if labels is not None and self.images_on_device else labels
+        self.online_probe = OnlineProbe(self.method.encoder, self.method.encoder.output_dim, classes, self.device) if classes else None
         self.param_groups = split_param_groups(self.method, weight_decay=config.optim.weight_decay)
         o = config.optim
         self.base_lr = o.lr * (o.batch_size / 256 if o.scale_lr else 1.0)
@@ -279,6 +283,8 @@ class Trainer:
         }
         if self.device.type == "cuda":
             state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
+        if self.online_probe is not None:
+            state["online_probe"] = self.online_probe.state_dict()
         return state
 
     def _load(self, path: Path) -> None:
@@ -303,6 +309,8 @@ class Trainer:
         self.skipped_steps = int(state.get("skipped_steps", 0))
         self.last_skipped_step = int(state.get("last_skipped_step", -1))
         self.collapse_watch.load_state_dict(state.get("collapse_signals_low", []))
+        if self.online_probe is not None and "online_probe" in state:  # absent when the probe was off or the checkpoint older
+            self.online_probe.load_state_dict(state["online_probe"])
         torch.set_rng_state(state["torch_rng"].cpu())
         if "cuda_rng" in state and self.device.type == "cuda":
             torch.cuda.set_rng_state(state["cuda_rng"].cpu(), self.device)
@@ -366,10 +374,12 @@ class Trainer:
         tau = ema_momentum(step, self.total_steps, base=self.config.method.byol.ema_base)
         return lr, tau
 
-    def train_step(self, images: Tensor, generator: torch.Generator, noise: torch.Generator | None = None) -> dict[str, Tensor]:
+    def train_step(self, images: Tensor, generator: torch.Generator, noise: torch.Generator | None = None,
+                   labels: Tensor | None = None) -> dict[str, Tensor]:
         """One optimiser step on a uint8 batch: views → loss terms → backward → step → target update.
 
-        ``generator`` draws the views; ``noise`` feeds the method's stochastic terms (Brownian kicks).
+        ``generator`` draws the views; ``noise`` feeds the method's stochastic terms (Brownian kicks); ``labels``
+        of the images, where given, train the online probe (:mod:`~nocollapse.train.online_probe`) after the step.
         With ``run.max_skipped_steps`` above 0 the loss terms and gradient are checked finite before the
         update (one device sync), and a failed loss (:class:`CollapseError`, e.g. W-MSE's whitening) is caught;
         either is raised with nothing moved: weights, optimiser state, target and BatchNorm statistics are as
@@ -381,6 +391,8 @@ class Trainer:
         checked = self.config.run.max_skipped_steps > 0
         # BatchNorm updates its running statistics in the forward pass: a skipped step must take that back.
         buffers = [b.clone() for b in self.method.buffers()] if checked else []
+        if self.online_probe is not None:
+            self.online_probe.discard()  # what a skipped step's forward pass left
         views = self.views(images, generator)  # (M, B, C, H, W)
         if self.config.run.channels_last:
             # Lay each (B, C, H, W) view out channels-last, the format the convolutions run fastest in.
@@ -405,6 +417,8 @@ class Trainer:
         self.optimizer.step()
         if hasattr(self.method, "update_target"):
             self.method.update_target(tau)
+        if self.online_probe is not None and labels is not None:
+            self.online_probe.update(labels)
         self.step += 1
         return terms
 
@@ -491,7 +505,8 @@ class Trainer:
                     # Views differ per process (its own images); the noise of stochastic terms is the same on every
                     # process, which all draw it for the same gathered batch.
                     view_seed = (cfg.run.seed, self.step, 1) + ((self.dist.rank,) if self.dist.enabled else ())
-                    terms = self.train_step(images, _seeded(view_rng, *view_seed), _seeded(noise_rng, cfg.run.seed, self.step, 2))
+                    labels = self.pretrain_labels[self._batch_index(self.step)].to(self.device) if self.online_probe is not None else None
+                    terms = self.train_step(images, _seeded(view_rng, *view_seed), _seeded(noise_rng, cfg.run.seed, self.step, 2), labels)
                 except (CollapseError, NonFiniteStep) as error:
                     self._skip_or_stop(error)
                     terms = None
@@ -573,10 +588,14 @@ class Trainer:
     def _log_window(self, totals: dict[str, Tensor], steps: int, seconds: float) -> dict[str, Any]:
         names = list(totals)
         # Each process's losses are means over its sub-batch: their mean over processes is the global batch's.
-        means = mean_over_processes(torch.stack([totals[name] / steps for name in names])).tolist()  # the step loop's host sync
+        stacked = torch.stack([totals[name] / steps for name in names])
+        if self.online_probe is not None:  # its (correct, labelled) sums ride along: the same sync
+            stacked = torch.cat([stacked, self.online_probe.take_window()])
+        means = mean_over_processes(stacked).tolist()  # the step loop's host sync
         values = dict(zip(names, means))
+        online = {"online_top1": means[-2] / means[-1]} if self.online_probe is not None and means[-1] > 0 else {}
         lr, tau = self.schedule(self.step - 1)
-        record = {"step": self.step, "epoch": self._epoch(), **values, "lr": lr,
+        record = {"step": self.step, "epoch": self._epoch(), **values, **online, "lr": lr,
                   **({"tau": tau} if hasattr(self.method, "update_target") else {}),
                   "img/s": round(steps * self.config.optim.batch_size / max(seconds, 1e-9), 1)}
         broken = [name for name, value in values.items() if not math.isfinite(value)]
