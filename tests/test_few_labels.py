@@ -107,3 +107,13 @@ def test_a_run_scores_every_row_on_the_same_draws_and_saves_them(tiny_data, tmp_
 def test_bad_few_label_settings_are_refused(override, message):
     with pytest.raises(UserError, match=message):
         resolve_config("fmnist", [override])
+
+
+def test_a_fraction_skips_a_class_without_images_and_too_many_shots_stop_the_run_before_it_trains(tiny_data, tmp_path, capsys):
+    labels = torch.tensor([0] * 50 + [2] * 50)
+    indices = balanced_subset(labels, 3, LabelSubset(fraction=0.1), torch.Generator().manual_seed(0))
+    assert np.bincount(labels[indices].numpy(), minlength=3).tolist() == [5, 0, 5]
+    args = ["train", "--quiet", "--data-dir", str(tiny_data), *TINY_RUN, f"run.out_dir={tmp_path}", "run.name=s", "eval.shots=1000"]
+    assert main(args) == 2
+    assert "eval.shots=1000: class 0 has only" in capsys.readouterr().err
+    assert not (tmp_path / "s" / "checkpoint.pt").exists()

@@ -7,6 +7,7 @@ import torch
 from conftest import TINY_RUN
 from nocollapse.cli import main
 from nocollapse.eval.finetune import FinetuneRecipe, finetune
+from nocollapse.eval.linear import fit_linear_classifier, linear_probe
 from nocollapse.nn.convnet import ConvNet
 
 
@@ -29,14 +30,28 @@ def test_finetuning_learns_the_labels_from_scratch_reproducibly_and_touches_neit
     before = {name: value.clone() for name, value in encoder.state_dict().items()}
     state = torch.random.get_rng_state()
     recipe = FinetuneRecipe(epochs=1, min_steps=60, lr=0.05)
-    first = finetune(encoder, train_images, train_labels, test_images, test_labels, num_classes=3, recipe=recipe, seed=3)
+    first = finetune(encoder, train_images, train_labels, test_images, test_labels, num_classes=3, recipe=recipe, head_from_probe=False, seed=3)
     assert torch.equal(torch.random.get_rng_state(), state)
     assert all(torch.equal(value, before[name]) for name, value in encoder.state_dict().items())
-    again = finetune(encoder, train_images, train_labels, test_images, test_labels, num_classes=3, recipe=recipe, seed=3)
+    again = finetune(encoder, train_images, train_labels, test_images, test_labels, num_classes=3, recipe=recipe, head_from_probe=False, seed=3)
     assert first == {**again, "seconds": first["seconds"]}
     assert first["steps"] == 60
     # 60 steps from random weights tell the stripes apart; chance is a third.
     assert first["top1"] > 0.9
+
+
+def test_the_probe_head_with_its_standardisation_folded_in_predicts_what_the_probe_predicts():
+    generator = torch.Generator().manual_seed(0)
+    centres = torch.randn(4, 12, generator=generator)
+    train_labels, test_labels = torch.randint(0, 4, (300,), generator=generator), torch.randint(0, 4, (200,), generator=generator)
+    scale = torch.logspace(-2, 1, 12)  # features of very different scales: the standardisation matters
+    train = (centres[train_labels] + torch.randn(300, 12, generator=generator)) * scale + 5
+    test = (centres[test_labels] + torch.randn(200, 12, generator=generator)) * scale + 5
+    weight, bias = fit_linear_classifier(train, train_labels, num_classes=4, epochs=5, min_steps=200, seed=1)
+    folded = ((test @ weight.t() + bias).argmax(dim=1) == test_labels).float().mean().item()
+    probe = linear_probe(train, train_labels, test, test_labels, num_classes=4, epochs=5, min_steps=200, seed=1)["top1"]
+    assert abs(folded - probe) <= 1 / 200  # the same fit; at most a near-tie flips under the other rounding
+    assert probe > 0.5
 
 
 def test_the_budget_is_epochs_over_the_labels_with_a_floor():

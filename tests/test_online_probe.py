@@ -1,4 +1,5 @@
-"""The online linear probe: it learns from the training batches, leaves training bit for bit as it was, and resumes."""
+"""The online linear probe: it learns from the training batches and leaves training bit for bit as it was. (Its resume is
+tested with every metric line by tests/test_training.py's resume tests, where it is on by default.)"""
 
 import json
 
@@ -27,7 +28,8 @@ def test_the_head_learns_separable_classes_from_the_features_the_encoder_compute
     generator = torch.Generator().manual_seed(0)
     for step in range(300):
         x, y = clustered(generator, 32)
-        encoder(x), encoder(x + 0.1 * torch.randn(x.shape, generator=generator))  # two views, one pass each, as the methods do
+        with probe.catching():
+            encoder(x), encoder(x + 0.1 * torch.randn(x.shape, generator=generator))  # two views, one pass each, as the methods do
         probe.update(y)
         if step == 0:
             correct, count = probe.take_window().tolist()
@@ -42,23 +44,25 @@ def test_unlabelled_rows_teach_nothing_and_count_nowhere():
     encoder = nn.Identity()
     probe = OnlineProbe(encoder, feature_dim=8, num_classes=4, device=torch.device("cpu"))
     x, _ = clustered(torch.Generator().manual_seed(1), 16)
-    encoder(x)
+    with probe.catching():
+        encoder(x)
     probe.update(torch.full((16,), UNLABELLED))
     assert probe.take_window().tolist() == [0.0, 0.0]
     assert not probe.weight.any() and not probe.bias.any()
 
 
-def test_only_training_mode_passes_are_caught():
+def test_only_the_passes_inside_catching_are_caught():
     encoder = nn.Linear(8, 8)
     probe = OnlineProbe(encoder, feature_dim=8, num_classes=4, device=torch.device("cpu"))
-    encoder.eval()
-    encoder(torch.randn(5, 8))  # the monitor's and the evaluation's passes
+    encoder(torch.randn(5, 8))  # the monitor's, the evaluation's or a user's own passes, in any mode
     assert probe._caught == []
-    encoder.train()
-    encoder(torch.randn(5, 8))
+    with probe.catching():
+        encoder(torch.randn(5, 8))
     assert len(probe._caught) == 1 and not probe._caught[0].requires_grad
-    probe.close()
     encoder(torch.randn(5, 8))
+    probe.close()
+    with probe.catching():
+        encoder(torch.randn(5, 8))
     assert len(probe._caught) == 1
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import TINY_RUN, write_labelled_folder
+from conftest import TINY_RUN, write_labelled_folder, write_random_photos
 from nocollapse.cli import main
 from nocollapse.config import resolve_config
 from nocollapse.errors import UserError
@@ -84,15 +84,33 @@ def test_a_run_is_scored_on_other_datasets_beside_their_baselines(tiny_data, tmp
 
 
 def test_a_target_without_labelled_splits_is_a_clear_error(tiny_data, tmp_path):
-    (tmp_path / "photos" / "unlabeled").mkdir(parents=True)
-    Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(tmp_path / "photos" / "unlabeled" / "a.png")
-    config = resolve_config("fmnist", [*TINY_RUN, f"data.data_dir={tiny_data}", f"run.out_dir={tmp_path}", "run.device=cpu", "run.name=u"])
-    from nocollapse.train.evaluation import evaluate_run
-    from nocollapse.train.loop import Trainer
-
-    trainer = Trainer(config, progress=False, log=lambda *_: None)
-    run_dir = trainer.fit()
+    write_random_photos(tmp_path / "photos", count=2, side=8)
     config = resolve_config("fmnist", [*TINY_RUN, f"data.data_dir={tiny_data}", f"run.out_dir={tmp_path}", "run.device=cpu", "run.name=u",
                                        f"eval.transfer=image-folder:{tmp_path / 'photos'}"])
+    from nocollapse.train.loop import Trainer
+
     with pytest.raises(UserError, match="transfer needs labelled train and test splits; image-folder here has unlabeled"):
-        evaluate_run(run_dir, config, train_set=trainer.train_set, test_set=trainer.test_set, log=lambda *_: None)
+        Trainer(config, progress=False, log=lambda *_: None)
+
+
+def test_a_run_on_unlabelled_images_gets_its_accuracy_from_a_labelled_target(tmp_path, capsys):
+    photos, colours = write_random_photos(tmp_path / "photos", count=64, side=20), write_labelled_folder(tmp_path / "colours")
+    args = ["train", "--quiet", "--no-report", *TINY_RUN, "data.dataset=image-folder", f"data.data_dir={photos}", "data.image_size=20",
+            "augment.mean=", "augment.std=", f"run.out_dir={tmp_path}", "run.name=u", f"eval.transfer=image-folder:{colours}"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "no accuracy: it needs labelled train/ and test/ splits" in out and f"transfer to image-folder:{colours}" in out
+    evaluation = json.loads((tmp_path / "u" / "eval.json").read_text())
+    assert all(not row["knn"] for row in evaluation["rows"])  # none on the run's own images
+    (section,) = evaluation["transfer"]
+    assert section["conversion"] == "decoded at 20 px (centre crop, resize), 3×20×20 → 3×20×20 (as is)"
+    assert [row["name"] for row in section["rows"]] == ["raw pixels", "random convnet", "byol convnet"]
+    assert section["rows"][0]["knn"]["5"] > 0.9  # the colours' own pixels
+
+
+def test_a_missing_transfer_target_stops_the_run_before_it_trains(tiny_data, tmp_path, capsys):
+    args = ["train", "--quiet", "--data-dir", str(tiny_data), *TINY_RUN, f"run.out_dir={tmp_path}", "run.name=m",
+            f"eval.transfer=image-folder:{tmp_path / 'nowhere'}"]
+    assert main(args) == 2
+    assert "eval.transfer=image-folder:" in capsys.readouterr().err
+    assert not (tmp_path / "m" / "checkpoint.pt").exists()

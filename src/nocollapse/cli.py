@@ -148,7 +148,12 @@ def run_train(args: argparse.Namespace) -> None:
         from nocollapse.train.evaluation import evaluate_run
 
         print(f"\nevaluating {run_dir} …")
-        evaluate_run(run_dir, config, train_set=trainer.train_set, test_set=trainer.test_set)
+        try:
+            evaluate_run(run_dir, config, train_set=trainer.train_set, test_set=trainer.test_set, progress=not args.quiet)
+        except UserError:  # the training is saved: its report still shows it, with what the evaluation got to
+            if not args.no_report:
+                write_run_report(run_dir)
+            raise
     if not args.no_report:
         write_run_report(run_dir)
     print(f"\nrun saved in {run_dir}")

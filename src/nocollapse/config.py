@@ -133,10 +133,10 @@ class EvalConfig:
     label_fractions: tuple[float, ...] = ()  # also score kNN and the probe fitted on these class-balanced fractions of the training labels, e.g. 0.01,0.1 (BYOL's semi-supervised table); empty: off
     shots: tuple[int, ...] = ()  # also score them fitted on this many labelled images per class, e.g. 1,5,10; empty: off
     label_draws: int = 3  # random draws of each label subset (mean ± std over them); the same draws for every representation and every run with the same run.seed
-    finetune_epochs: int = 0  # also fine-tune the encoder + a linear head end to end on the labels (all, and each label subset), beside the same network from its initialisation, this many epochs each (0: off; eval/finetune.py has the recipe)
+    finetune_epochs: int = 0  # also fine-tune the encoder + a linear head end to end on the labels (all, and each label subset), beside the same network from the random-encoder baseline's initialisation, this many epochs each (0: off; eval/finetune.py has the recipe)
     finetune_min_steps: int = 500  # the fewest fine-tuning steps (batch 128) whatever the labelled set's size: a 600-image subset gives 5 steps an epoch
     finetune_lr: float = 0.05  # peak SGD learning rate of fine-tuning, cosine to 0; the same for the pretrained and the from-scratch network
-    transfer: tuple[str, ...] = ()  # also score the encoder on other datasets, NAME or NAME:DIR each (e.g. cifar10,image-folder:/data/leaves with train/ and test/ class folders), their images converted to its channels and size (eval/transfer.py), beside their own baselines; empty: off
+    transfer: tuple[str, ...] = ()  # also score the encoder on other datasets, NAME or NAME:DIR each (e.g. cifar10,image-folder:/data/leaves with train/ and test/ class folders), their images converted to its channels and size (eval/transfer.py), beside their own baselines; a DIR cannot hold a comma; empty: off
 
 
 @dataclass
@@ -498,7 +498,7 @@ RULES: dict[str, Rule] = {
     "eval.finetune_min_steps": integer(1),
     "eval.finetune_lr": real(0, low_open=True),
     "eval.transfer": (lambda items: all(_transfer_item(item) for item in items),
-                      "NAME or NAME:DIR items, NAME one of fashion-mnist, cifar10, cifar100, stl10, image-folder (which needs :DIR)"),
+                      f"NAME or NAME:DIR items, NAME one of {', '.join(CHOICES['data.dataset'])} (an image folder needs :DIR)"),
     "run.seed": integer(0, 2**63 - 1, note=" (torch.manual_seed takes 64 bits)"),
     "run.device": (_device, "one of: auto, cpu, cuda, cuda:N (N in 0..127), mps"),
     "run.out_dir": (_path, "a directory path without NUL bytes"),

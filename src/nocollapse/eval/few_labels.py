@@ -53,8 +53,10 @@ class LabelSubset:
         return f"{100 * self.fraction:g}%" if self.fraction is not None else f"{self.shots}-shot"
 
     def per_class(self, class_size: int) -> int:
-        """Images kept of a class of ``class_size`` images."""
-        return self.shots if self.shots is not None else max(1, round(self.fraction * class_size))
+        """Images kept of a class of ``class_size`` images: a fraction keeps at least one of a class that has any."""
+        if self.shots is not None:
+            return self.shots
+        return max(1, round(self.fraction * class_size)) if class_size else 0
 
 
 def label_subsets(fractions: Sequence[float], shots: Sequence[int]) -> list[LabelSubset]:
@@ -71,8 +73,8 @@ def balanced_subset(labels: Tensor, num_classes: int, subset: LabelSubset, gener
         members = (labels == c).nonzero().squeeze(1)
         keep = subset.per_class(len(members))
         if keep > len(members):
-            raise UserError(f"eval.shots={subset.shots}: class {c} has only {len(members)} labelled training image(s); "
-                            f"ask for at most {len(members)} shots, or use eval.label_fractions")
+            raise UserError(f"eval.shots={subset.shots}: class {c} has only {len(members)} labelled training image(s), fewer than the "
+                            f"{subset.name} subset takes; ask for at most {len(members)} shots, or use eval.label_fractions")
         chosen.append(members[torch.randperm(len(members), generator=generator)[:keep]])
     return torch.cat(chosen).sort().values
 

@@ -104,11 +104,40 @@ def linear_probe(
         that logs and tables have a fixed schema; with C ≤ 5 it is trivially 1.0, and reports show it only
         where C > 10 (SPEC §6). Top-5 uses ``min(5, C)`` classes.
     """
-    _check_arguments(num_classes, epochs, min_steps, batch_size, lr, weight_decay)
-    check_split(train_features, train_labels, "train", num_classes, "linear probe")
     check_split(test_features, test_labels, "test", num_classes, "linear probe")
     check_same_dim(train_features, test_features, "linear probe")
+    weight, bias, mean, scale = _fit(train_features, train_labels, num_classes=num_classes, epochs=epochs, min_steps=min_steps,
+                                     batch_size=batch_size, lr=lr, weight_decay=weight_decay, seed=seed, device=device, progress=progress)
+    return _accuracies(weight, bias, test_features, test_labels, mean, scale, weight.device)
 
+
+def fit_linear_classifier(
+    train_features: Tensor,
+    train_labels: Tensor,
+    *,
+    num_classes: int,
+    epochs: int = 100,
+    min_steps: int = 1500,
+    batch_size: int = 1024,
+    lr: float = 1e-2,
+    weight_decay: float = 1e-3,
+    seed: int = 0,
+    device: str | torch.device | None = None,
+) -> tuple[Tensor, Tensor]:
+    """The probe's classifier as ``(weight (C, D), bias (C,))`` acting on the *raw* features, ``logits = W x + b``: the
+    fit of :func:`linear_probe` (same arguments) with its standardisation folded in, ``W = W̃/σ``, ``b = b̃ − W μ``.
+    What a fine-tuned head starts from (:mod:`nocollapse.eval.finetune`)."""
+    weight, bias, mean, scale = _fit(train_features, train_labels, num_classes=num_classes, epochs=epochs, min_steps=min_steps,
+                                     batch_size=batch_size, lr=lr, weight_decay=weight_decay, seed=seed, device=device, progress=False)
+    weight = weight / scale
+    return weight, bias - weight @ mean
+
+
+def _fit(train_features: Tensor, train_labels: Tensor, *, num_classes: int, epochs: int, min_steps: int, batch_size: int, lr: float,
+         weight_decay: float, seed: int, device: str | torch.device | None, progress: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(W̃, b̃, μ, σ): the classifier on standardised features, and the training statistics that standardise them."""
+    _check_arguments(num_classes, epochs, min_steps, batch_size, lr, weight_decay)
+    check_split(train_features, train_labels, "train", num_classes, "linear probe")
     device = torch.device(device) if device is not None else train_features.device
     x_train = train_features.detach().to(device=device, dtype=torch.float32)
     y_train = train_labels.detach().to(device=device, dtype=torch.long)
@@ -151,8 +180,7 @@ def linear_probe(
                 flush=True,
             )
 
-    del x_train, y_train
-    return _accuracies(weight, bias, test_features, test_labels, mean, scale, device)
+    return weight, bias, mean, scale
 
 
 def _loss_grad(

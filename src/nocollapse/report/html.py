@@ -21,7 +21,7 @@ from typing import Any
 from nocollapse.config import flatten
 from nocollapse.errors import UserError
 from nocollapse.report import plots
-from nocollapse.report.runs import RunRecord, knn_key, load_runs
+from nocollapse.report.runs import RunRecord, few_label_entries, knn_key, load_runs
 from nocollapse.train.checkpoint import atomic_write_bytes
 from nocollapse.train.run_data import UNLABELLED_PROBE_IMAGES
 
@@ -181,7 +181,6 @@ def _evaluation_rows(runs: Sequence[RunRecord]) -> list[tuple[dict[str, Any], st
             for key in SCORE_KEYS:
                 merged[key].update(row.get(key) or {})
             merged["geometry"] = merged.get("geometry") or row.get("geometry")
-            merged["few_labels"] = merged.get("few_labels") or row.get("few_labels")
             labels.append(run.label)
     rows = [(row, ", ".join(labels), dataset, True) for row, labels, dataset in baselines]
     return rows + [(row, run.label, run.dataset, False) for run in runs if (row := run.trained_row())]
@@ -213,9 +212,9 @@ def accuracy_table(runs: Sequence[RunRecord]) -> str:
 
 def few_label_table(runs: Sequence[RunRecord]) -> str:
     """Accuracies (%) fitted on few labels, mean ± std over the draws: one line per representation and label subset,
-    the baselines once each as in the accuracy table; empty when no run was evaluated with few labels."""
-    entries = [(row, labels, dataset, baseline, scores) for row, labels, dataset, baseline in _evaluation_rows(runs)
-               for scores in row.get("few_labels") or []]
+    a baseline shared by runs once (:func:`few_label_entries`); empty when no run was evaluated with few labels."""
+    entries = [(row, labels, dataset, baseline, scores) for row, labels, dataset, baseline in few_label_entries(runs)
+               for scores in row["few_labels"]]
     if not entries:
         return ""
     columns = list(dict.fromkeys(column for *_, scores in entries for column in scores["summary"]))
@@ -224,7 +223,7 @@ def few_label_table(runs: Sequence[RunRecord]) -> str:
     def cell(summary: dict[str, Any], column: str) -> str:
         return f"{100 * summary[column]['mean']:.2f} ± {100 * summary[column]['std']:.2f}" if column in summary else "–"
 
-    rows = [[row["name"], labels, dataset, scores["subset"], str(scores["labels"]), str(scores["draws"])]
+    rows = [[row["name"], ", ".join(labels), dataset, scores["subset"], str(scores["labels"]), str(scores["draws"])]
             + [cell(scores["summary"], column) for column in columns] for row, labels, dataset, _, scores in entries]
     return _table(header, rows, numeric_from=4, row_classes=["baseline" if e[3] else "" for e in entries], table_id="few-labels-table")
 
@@ -458,14 +457,14 @@ def render_page(runs: Sequence[RunRecord], sections: list[tuple[str, str, list[P
     if finetuned := finetune_table(runs):
         parts.append('<section id="finetune"><h2>Fine-tuning against training from scratch</h2>'
                      '<p class="caption">The encoder and a linear head trained end to end on the labels (all of them, and each few-label '
-                     'subset), beside the same architecture from the run\'s initialisation with the same recipe, budget and seed: the gain is '
+                     'subset), beside the same architecture from the random-encoder baseline\'s initialisation with the same recipe, budget and seed: the gain is '
                      'what pretraining is worth once the labels may move the weights. Mean ± std over the label draws.</p>'
                      f"{finetuned}</section>")
     if transferred := transfer_table(runs):
         parts.append('<section id="transfer"><h2>Transfer to other datasets</h2>'
                      '<p class="caption">The frozen encoder on other datasets, their images converted to its input as the conversion '
                      'column says: kNN and the linear probe fitted on the target\'s train split, scored on its test split, beside the '
-                     'target\'s raw pixels and the random encoder (grey).</p>'
+                     'pixels of the converted images and the random encoder (grey).</p>'
                      f"{transferred}</section>")
     geometry = geometry_table(runs) or '<p class="note">No geometry: the runs have not been evaluated.</p>'
     parts.append('<section id="geometry-scores"><h2>Geometry of the test embeddings</h2>'

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from nocollapse.report.runs import RunRecord, knn_key
+from nocollapse.report.runs import RunRecord, few_label_entries, knn_key
 from nocollapse.train.collapse import STD_WARNING
 
 if TYPE_CHECKING:
@@ -279,27 +279,25 @@ def label_efficiency_figure(runs: Sequence[RunRecord]) -> Figure | None:
     first_k = next((k for run in evaluated for row in run.evaluation["rows"] for scores in row.get("few_labels", []) for k in scores["knn"]), None)
     panels = [(f"kNN k={first_k}", ("knn", first_k)), ("linear", ("linear", "top1"))] if evaluated else []
     figure, axes = _figure(1, len(panels) + bool(finetuned))
-    drawn: set[tuple[str, str, int]] = set()  # a baseline shared by runs is drawn once
     greys = iter(["0.25", "0.55", "0.4", "0.7"] * 100)
-    for run in evaluated:
-        rows = run.evaluation["rows"]
-        total = run.evaluation.get("labelled_train_images", 0)
-        for index, row in enumerate(rows):
-            trained = index == len(rows) - 1
-            if not trained and (key := (run.dataset, row["name"], row["dim"])) in drawn:
-                continue
-            style = ({"color": colors[run.label], "linewidth": 1.5, "label": run.label} if trained else
-                     {"color": next(greys), "linestyle": "--", "linewidth": 1, "label": row["name"]})
-            if not trained:
-                drawn.add(key)
-            for ax, (column, (score, key_)) in zip(axes, panels):
-                points = sorted((s["labels"], s["summary"][column]["mean"], s["summary"][column]["std"])
-                                for s in row.get("few_labels", []) if column in s["summary"])
-                full = (row.get(score) or {}).get(key_)
-                if total and full is not None:
-                    points.append((total, full, 0.0))
-                if points:
-                    _error_line(ax, points, **style)
+    entries = few_label_entries(evaluated)
+    names = [row["name"] for row, _, _, baseline in entries if baseline]
+    totals = {run.label: run.evaluation.get("labelled_train_images", 0) for run in evaluated}
+    for row, labels, _, baseline in entries:  # a baseline shared by runs (the same draws) once
+        if baseline:  # named after its runs where runs of other seeds drew other subsets
+            name = row["name"] if names.count(row["name"]) == 1 else f"{row['name']} ({', '.join(labels)})"
+            style = {"color": next(greys), "linestyle": "--", "linewidth": 1, "label": name}
+        else:
+            style = {"color": colors[labels[0]], "linewidth": 1.5, "label": labels[0]}
+        total = totals[labels[0]]
+        for ax, (column, (score, key)) in zip(axes, panels):
+            points = sorted((s["labels"], s["summary"][column]["mean"], s["summary"][column]["std"])
+                            for s in row["few_labels"] if column in s["summary"])
+            full = (row.get(score) or {}).get(key)
+            if total and full is not None:
+                points.append((total, full, 0.0))
+            if points:
+                _error_line(ax, points, **style)
     titles = [f"{column} against labels" for column, _ in panels]
     if finetuned:
         ax = axes[len(panels)]

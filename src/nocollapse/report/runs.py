@@ -8,6 +8,7 @@ line of a killed run may be cut short) and strict where the directory is not a r
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -203,3 +204,28 @@ def load_runs(run_dirs: list[Path | str]) -> list[RunRecord]:
     labels = [f"{p.parent.name}/{p.name}" if names.count(p.name) > 1 else p.name for p in paths]
     labels = [f"{label} #{i + 1}" if labels.count(label) > 1 else label for i, label in enumerate(labels)]
     return [load_run(p, label) for p, label in zip(paths, labels)]
+
+
+def _few_label_key(scores: Sequence[dict[str, Any]]) -> str:
+    """What identifies a row's few-label scores across runs: their values, not how long they took."""
+    return json.dumps([{k: v for k, v in entry.items() if k != "seconds"} for entry in scores], sort_keys=True)
+
+
+def few_label_entries(runs: Sequence[RunRecord]) -> list[tuple[dict[str, Any], list[str], str, bool]]:
+    """(row, labels of the runs it is from, dataset, is baseline) for every row scored with few labels: a baseline
+    shared by runs (same dataset, name, dim and the very same few-label figures, i.e. the same draws) once, labelled
+    with exactly those runs."""
+    entries: list[tuple[dict[str, Any], list[str], str, bool]] = []
+    for run in runs:
+        rows = (run.evaluation or {}).get("rows", [])
+        for index, row in enumerate(rows):
+            if not row.get("few_labels"):
+                continue
+            baseline = index < len(rows) - 1
+            key = (run.dataset, row["name"], row["dim"], _few_label_key(row["few_labels"]))
+            same = next((e for e in entries if baseline and e[3] and (e[2], e[0]["name"], e[0]["dim"], _few_label_key(e[0]["few_labels"])) == key), None)
+            if same:
+                same[1].append(run.label)
+            else:
+                entries.append((row, [run.label], run.dataset, baseline))
+    return entries

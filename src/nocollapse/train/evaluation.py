@@ -74,6 +74,7 @@ def evaluate_run(
     train_set: ImageDataset | None = None,
     test_set: ImageDataset | None = None,
     device: str | None = None,
+    progress: bool = True,
     log: Callable[[str], object] = print,
 ) -> list[RepresentationScores]:
     """Score ``run_dir/encoder.pt`` (kNN for each ``eval.knn_k``, linear probe) and, when
@@ -83,10 +84,14 @@ def evaluate_run(
     between the two rows is exactly what training added. A second table gives the geometry of each
     row's test embeddings and of the projections (the projection head's output, where the method's
     loss and regularizers act) of the trained method, from ``checkpoint.pt`` (skipped, with a note,
-    when the run has none), and with the baselines of the method at initialisation. ``eval.json``
-    holds ``rows`` (accuracies and ``geometry``) and ``projections`` (``name``, ``dim``, ``geometry``).
-    The trained encoder's features of a fixed subset of test images go to ``test_embeddings.pt``
-    (:func:`save_test_embeddings`) for the report's map.
+    when the run has none), and with the baselines of the method at initialisation. Then, where asked:
+    the same scores with few labels (``eval.label_fractions``, ``eval.shots``: each row's ``few_labels``),
+    on other datasets (``eval.transfer``: ``transfer``) and after fine-tuning (``eval.finetune_epochs``:
+    ``finetune``). ``eval.json`` holds ``rows`` (accuracies and ``geometry``), ``projections`` (``name``,
+    ``dim``, ``geometry``), ``transfer`` and ``finetune``; it is saved after the main tables and again after
+    each later part, so a fault in one costs only that part. The trained encoder's features of a fixed
+    subset of test images go to ``test_embeddings.pt`` (:func:`save_test_embeddings`) for the report's
+    map. ``progress`` shows bars on the fine-tuning runs.
     """
     config = config or load_run_config(run_dir)
     weights = run_dir / "encoder.pt"
@@ -175,39 +180,44 @@ def evaluate_run(
     else:
         log(f"  no {CHECKPOINT} in {run_dir}: the projections of the trained method are not scored")
 
-    transferred = []
-    for target in targets:
-        transferred.append(transfer_section(config, target, trained, initial.encoder if e.baselines else None, channels=in_channels,
-                                            size=image_size, device=device_, log=log))
+    transferred: list[dict] = []
+    finetuned: list[dict] = []
 
-    finetuned = []
-    if labelled and e.finetune_epochs:
-        finetuned = finetune_rows(config, trained, initial.encoder, train_set, test_set, draws or {}, device=device_, log=log)
+    def save() -> None:
+        save_json(run_dir / EVAL_FILE, {"dataset": config.data.dataset, "labelled_train_images": len(train_set) if labelled else 0,
+                                        "rows": [row.to_dict() for row in rows], "finetune": finetuned,
+                                        "transfer": [{key: value for key, value in section.items() if key != "scores"}
+                                                     | {"rows": [row.to_dict() for row in section["scores"]]} for section in transferred],
+                                        "projections": [{"name": name, "dim": g.dim, "geometry": g.to_dict()} for name, g in projection_rows]})
 
+    # The main tables first, printed and saved: the parts after them take minutes, and a fault there must not cost these.
     if labelled:
         log(format_table(rows, title=f"{config.data.dataset} test split, top-1 accuracy (%)"))
         if draws:
             log(format_few_label_table(rows, title=f"{config.data.dataset} test split, top-1 accuracy (%) with few training labels: "
                                                    f"mean ± std over {e.label_draws} class-balanced draw(s) of run.seed={config.run.seed}"))
-        if finetuned:
-            log(format_finetune_table(finetuned, title=f"{config.data.dataset} test split, top-1 accuracy (%) after fine-tuning end to end: "
-                                                       f"{FinetuneRecipe(e.finetune_epochs, e.finetune_min_steps, e.finetune_lr).describe()}"))
     else:
         available = dataset_splits(config.data.dataset, config.data.data_dir)
         log(f"no accuracy: it needs labelled train/ and test/ splits ({config.data.dataset} here has {', '.join(available) or 'none'}); "
             f"the geometry below is of {len(test_set)} pretraining images")
-    for section in transferred:
-        log(format_table(section["scores"], title=f"transfer to {section['dataset']} ({section['conversion']}): test top-1 accuracy (%), "
-                                                  "fitted on its train split"))
     tested = len(test_set)
     log(format_geometry_table([(row.name, row.geometry) for row in rows] + projection_rows,
                               title=f"{config.data.dataset} {'test split' if test_set.labelled else 'pretraining images'}, geometry of their embeddings (alignment: {views.shape[1]} images × "
                                     f"{views.shape[0]} views; uniformity: {min(tested, UNIFORMITY_SAMPLES)} of {tested} images)"))
-    save_json(run_dir / EVAL_FILE, {"dataset": config.data.dataset, "labelled_train_images": len(train_set) if labelled else 0,
-                                    "rows": [row.to_dict() for row in rows], "finetune": finetuned,
-                                    "transfer": [{key: value for key, value in section.items() if key != "scores"}
-                                                 | {"rows": [row.to_dict() for row in section["scores"]]} for section in transferred],
-                                    "projections": [{"name": name, "dim": g.dim, "geometry": g.to_dict()} for name, g in projection_rows]})
+    save()
+    for target in targets:
+        section = transfer_section(config, target, trained, initial.encoder if e.baselines else None, channels=in_channels, size=image_size,
+                                   device=device_, log=log)
+        transferred.append(section)
+        log(format_table(section["scores"], title=f"transfer to {section['dataset']} ({section['conversion']}): test top-1 accuracy (%), "
+                                                  "fitted on its train split"))
+        save()
+    if labelled and e.finetune_epochs:
+        finetuned.extend(finetune_rows(config, trained, initial.encoder, train_set, test_set, draws or {}, device=device_, progress=progress,
+                                       log=log))
+        log(format_finetune_table(finetuned, title=f"{config.data.dataset} test split, top-1 accuracy (%) after fine-tuning end to end: "
+                                                   f"{FinetuneRecipe(e.finetune_epochs, e.finetune_min_steps, e.finetune_lr).describe()}"))
+        save()
     return rows
 
 
@@ -239,8 +249,8 @@ def transfer_section(config: Config, target: TransferTarget, trained: torch.nn.M
 
 
 def finetune_rows(config: Config, trained: torch.nn.Module, initial: torch.nn.Module, train_set: ImageDataset, test_set: ImageDataset,
-                  draws: dict, *, device: torch.device, log: Callable[[str], object] = print) -> list[dict]:
-    """Fine-tune the ``trained`` encoder and the ``initial`` one (its initialisation) on all the training labels and on
+                  draws: dict, *, device: torch.device, progress: bool = True, log: Callable[[str], object] = print) -> list[dict]:
+    """Fine-tune the ``trained`` encoder and the ``initial`` one (the random-encoder baseline) on all the training labels and on
     each draw of each label subset (``draws``, :func:`~nocollapse.eval.few_labels.draw_subsets`), with the same recipe,
     budget and seed; one ``eval.json`` entry per labelled set: top-1 of each network per draw, steps, seconds, recipe."""
     e = config.eval
@@ -255,8 +265,9 @@ def finetune_rows(config: Config, trained: torch.nn.Module, initial: torch.nn.Mo
         for draw, indices in enumerate(index_sets):
             for network, key in ((trained, "pretrained"), (initial, "scratch")):
                 result = finetune(network, train_set.images[indices], train_set.labels[indices], test_set.images, test_set.labels,
+                                  head_from_probe=key == "pretrained",
                                   description=f"fine-tune {key} on {name}" + (f" (draw {draw + 1})" if len(index_sets) > 1 else ""),
-                                  progress=True, **settings)
+                                  progress=progress, **settings)
                 entry[key].append(result["top1"])
                 entry["seconds"] += result["seconds"]
         log(f"  fine-tuned on {name} of the labels ({entry['labels']} images, {entry['steps']} steps, {entry['draws']} draw(s)) in {entry['seconds']:.1f}s")

@@ -13,6 +13,7 @@ import datetime
 import json
 import math
 import os
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -29,8 +30,10 @@ from nocollapse.encoder import ENCODER_FILE, encoder_metadata, file_sha256, read
 from nocollapse.errors import CollapseError, NonFiniteStep, TrainingStopped, UserError
 from nocollapse.eval.checks import check_geometry_split
 from nocollapse.eval.features import encoder_features, positive_views, projection_features, view_features
+from nocollapse.eval.few_labels import draw_subsets, label_subsets
 from nocollapse.eval.geometry import geometry_scores
 from nocollapse.eval.knn import knn_accuracy
+from nocollapse.eval.transfer import TransferTarget
 from nocollapse.methods import build_method, method_label
 from nocollapse.train.amp import describe_precision, use_bf16
 from nocollapse.train.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint, save_json, save_safetensors
@@ -170,7 +173,8 @@ class Trainer:
         if config.run.channels_last:
             self.method.to(memory_format=torch.channels_last)
         labels, classes = pretraining_labels(self.pretrain_sets) if config.eval.online_probe else (None, 0)
-        self.pretrain_labels = labels.to(self.device) if labels is not None and self.images_on_device else labels
+        # On the device, whatever the images: a few bytes an image, and indexed there without a host sync.
+        self.pretrain_labels = labels.to(self.device) if labels is not None else None
         self.online_probe = OnlineProbe(self.method.encoder, self.method.encoder.output_dim, classes, self.device) if classes else None
         self.param_groups = split_param_groups(self.method, weight_decay=config.optim.weight_decay)
         o = config.optim
@@ -183,7 +187,9 @@ class Trainer:
         self.total_steps = self.steps_per_epoch * o.epochs
         self.warmup_steps = round(o.warmup_epochs * self.steps_per_epoch)
         self.step = 0
-        self._permutation: tuple[int, Tensor] | None = None  # (epoch, its order of the pretraining images)
+        # (epoch, its order of the pretraining images), one per thread: the prefetcher of a streamed run and the training
+        # loop (for the online probe's labels) both ask for batches, near an epoch's end for different epochs.
+        self._permutations = threading.local()
         self.skipped_steps = 0  # steps skipped for a non-finite loss or gradient (run.max_skipped_steps)
         self.last_skipped_step = -1
         self.collapse_watch = CollapseWatch(config.model.projection_dim)
@@ -258,6 +264,12 @@ class Trainer:
             if self.test_set.images.shape[1:] != self.pretrain_images.shape[1:]:
                 raise UserError(f"the test images are {tuple(self.test_set.images.shape[1:])} but the pretraining images "
                                 f"{tuple(self.pretrain_images.shape[1:])}: the splits must agree")
+        # The final evaluation's settings that depend on the data, checked now rather than after the training.
+        e = self.config.eval
+        if self.labelled and (subsets := label_subsets(e.label_fractions, e.shots)):
+            draw_subsets(self.train_set.labels, len(self.train_set.classes), subsets, draws=1, seed=self.config.run.seed)
+        for text in e.transfer:
+            TransferTarget.parse(text).check_splits()
         channels = self.pretrain_images.shape[1]
         if self.config.augment.mean and len(self.config.augment.mean) != channels:
             raise UserError(f"augment.mean has {len(self.config.augment.mean)} values but the images have {channels} channels: give "
@@ -399,7 +411,7 @@ class Trainer:
             views = views.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
         failure: CollapseError | None = None
         try:
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16), self._probe_catching():
                 terms = self.compute_losses(views, noise)
         except CollapseError as error:
             if not checked:
@@ -421,6 +433,10 @@ class Trainer:
             self.online_probe.update(labels)
         self.step += 1
         return terms
+
+    def _probe_catching(self) -> contextlib.AbstractContextManager:
+        """Where the online probe catches the encoder's features: this step's forward pass, and nowhere else."""
+        return self.online_probe.catching() if self.online_probe is not None else contextlib.nullcontext()
 
     def _skip_if_failed_anywhere(self, failure: CollapseError | None, buffers: list[Tensor]) -> None:
         """Raise ``failure`` (or a CollapseError for another process's), after restoring the BatchNorm ``buffers``,
@@ -505,7 +521,8 @@ class Trainer:
                     # Views differ per process (its own images); the noise of stochastic terms is the same on every
                     # process, which all draw it for the same gathered batch.
                     view_seed = (cfg.run.seed, self.step, 1) + ((self.dist.rank,) if self.dist.enabled else ())
-                    labels = self.pretrain_labels[self._batch_index(self.step)].to(self.device) if self.online_probe is not None else None
+                    labels = (self.pretrain_labels[self._batch_index(self.step).to(self.device, non_blocking=True)]
+                              if self.online_probe is not None else None)
                     terms = self.train_step(images, _seeded(view_rng, *view_seed), _seeded(noise_rng, cfg.run.seed, self.step, 2), labels)
                 except (CollapseError, NonFiniteStep) as error:
                     self._skip_or_stop(error)
@@ -544,11 +561,12 @@ class Trainer:
         drawn from (seed, epoch), so a resumed run, and a streamed one, reads exactly the batches of an uninterrupted
         one. On the device when the images are (indexing there costs no sync)."""
         epoch, position = divmod(step, self.steps_per_epoch)
-        if self._permutation is None or self._permutation[0] != epoch:
+        cached = getattr(self._permutations, "value", None)
+        if cached is None or cached[0] != epoch:
             order = torch.randperm(len(self.pretrain_images), generator=_seeded(torch.Generator(), self.config.run.seed, epoch))
-            self._permutation = (epoch, order.to(self.device) if self.images_on_device else order)
+            cached = self._permutations.value = (epoch, order.to(self.device) if self.images_on_device else order)
         batch = self.config.optim.batch_size
-        index = self._permutation[1][position * batch : (position + 1) * batch]
+        index = cached[1][position * batch : (position + 1) * batch]
         # This process's contiguous slice of the global batch: gathered in rank order, the slices are the batch.
         return index[self.dist.rank * self.local_batch : (self.dist.rank + 1) * self.local_batch]
 

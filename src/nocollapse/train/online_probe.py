@@ -7,12 +7,14 @@ window as ``online_top1``. It is a training-set, augmented-view accuracy of a he
 below the final linear probe; its use is the curve: it rises from the first steps and falls when the features collapse.
 
 Nothing flows back: the features are detached, the head's weights start at zero and its updates draw no random numbers,
-so the encoder's weights are the same, bit for bit, with and without it (tests/test_online_probe.py). Pretraining images
+so the encoder's weights are the same, bit for bit, with and without it (tests/test_online_probe.py, on the CPU). Pretraining images
 without a label (STL-10's ``unlabeled`` split) are left out of its loss and its accuracy.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -33,14 +35,25 @@ class OnlineProbe:
         self.bias = torch.zeros(num_classes, device=device, requires_grad=True)  # (C,)
         self.optimizer = torch.optim.Adam([self.weight, self.bias], lr=LEARNING_RATE)
         self._caught: list[Tensor] = []
+        self._catching = False  # set only inside the training step's forward pass (:meth:`catching`)
         self._hook = encoder.register_forward_hook(self._catch)
         # The window's correct predictions and labelled rows, summed on the device: read once per logging window.
         self._correct = torch.zeros((), device=device)
         self._count = torch.zeros((), device=device)
 
+    @contextlib.contextmanager
+    def catching(self) -> Iterator[None]:
+        """Catch the encoder's outputs in this block (the training step's forward pass). Outside it the hook does nothing,
+        so other passes (the monitor, the evaluation, a user's own) neither feed the probe nor pile up features; the hook
+        stays registered, since adding and removing it every step would make torch.compile trace the encoder again."""
+        self._catching = True
+        try:
+            yield
+        finally:
+            self._catching = False
+
     def _catch(self, module: nn.Module, inputs: Any, output: Tensor) -> None:
-        # Only the training step's passes: the monitor and the evaluation run the encoder in eval mode.
-        if module.training:
+        if self._catching:
             self._caught.append(output.detach())
 
     def update(self, labels: Tensor) -> None:
