@@ -54,6 +54,15 @@ def test_the_probe_head_with_its_standardisation_folded_in_predicts_what_the_pro
     assert probe > 0.5
 
 
+def test_a_feature_that_barely_varies_gets_no_huge_weight_in_the_folded_head():
+    generator = torch.Generator().manual_seed(0)
+    features, labels = torch.rand(10, 8, generator=generator), torch.arange(10)  # one image per class
+    features[:, 0] = 0
+    features[3, 0] = 1e-5  # a channel active on one image only: σ ≈ 3e-6, just above the probe's 1e-6 floor
+    weight, _ = fit_linear_classifier(features, labels, num_classes=10, epochs=5, min_steps=200)
+    assert weight[:, 0].abs().max() < 1e4 * weight[:, 1:].abs().max()  # unfolded from σ ≈ 3e-6, it would be ~1e5 times
+
+
 def test_the_budget_is_epochs_over_the_labels_with_a_floor():
     recipe = FinetuneRecipe(epochs=3, min_steps=500)
     assert recipe.steps(60000) == 3 * 469 and recipe.steps(600) == 500

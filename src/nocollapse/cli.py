@@ -150,7 +150,7 @@ def run_train(args: argparse.Namespace) -> None:
         print(f"\nevaluating {run_dir} …")
         try:
             evaluate_run(run_dir, config, train_set=trainer.train_set, test_set=trainer.test_set, progress=not args.quiet)
-        except UserError:  # the training is saved: its report still shows it, with what the evaluation got to
+        except Exception:  # the training is saved: its report still shows it, with what the evaluation got to
             if not args.no_report:
                 write_run_report(run_dir)
             raise
@@ -200,7 +200,12 @@ def run_eval(args: argparse.Namespace) -> None:
             raise UserError(f"eval accepts only eval.*, data.data_dir and data.cache_dir overrides as key=value, got {text!r}")
         set_value(config, key, value)
     validate(config)
-    evaluate_run(args.run_dir, config, device=args.device)
+    try:
+        evaluate_run(args.run_dir, config, device=args.device)
+    except Exception:  # eval.json holds the parts done before the fault: the report shows them
+        if not args.no_report:
+            write_run_report(args.run_dir)
+        raise
     if not args.no_report:
         write_run_report(args.run_dir)
 

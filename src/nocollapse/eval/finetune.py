@@ -43,7 +43,6 @@ from nocollapse.progress import Progress
 BATCH_SIZE = 128
 MOMENTUM = 0.9
 WEIGHT_DECAY = 5e-4
-PROBE_EPOCHS = 30  # of the head's linear-probe start, at least 1500 Adam steps: the final evaluation's probe
 
 
 @dataclass(frozen=True)
@@ -82,6 +81,8 @@ def finetune(
     num_classes: int,
     recipe: FinetuneRecipe,
     head_from_probe: bool = True,
+    probe_epochs: int = 30,
+    probe_min_steps: int = 1500,
     mean: tuple[float, ...] = (),
     std: tuple[float, ...] = (),
     seed: int = 0,
@@ -92,7 +93,9 @@ def finetune(
     description: str = "fine-tune",
 ) -> dict[str, float]:
     """Fine-tune a copy of ``encoder`` (``encoder.output_dim`` features) with a new linear head on uint8 ``train_images``,
-    the head started from the probe of the frozen features (``head_from_probe``, LP-FT) or at random; returns ``{"top1": test accuracy, "steps": optimiser steps, "seconds": wall-clock}``. ``encoder`` is not modified.
+    the head started from the probe of the frozen features (``head_from_probe``, LP-FT; fitted with ``probe_epochs`` and
+    ``probe_min_steps`` as :func:`~nocollapse.eval.linear.linear_probe`, so that at the evaluation's settings the head
+    starts where the linear-probe column's fit ended) or at random; returns ``{"top1": test accuracy, "steps": optimiser steps, "seconds": wall-clock}``. ``encoder`` is not modified.
     ``amp`` runs the training passes under bf16 autocast (the loss and the test pass stay float32)."""
     device = torch.device(device)
     started = time.perf_counter()
@@ -104,7 +107,8 @@ def finetune(
     with torch.no_grad():
         if head_from_probe:
             features = encoder_features(network, train_images, mean=mean, std=std, device=device)
-            weight, bias = fit_linear_classifier(features, train_labels.to(device), num_classes=num_classes, epochs=PROBE_EPOCHS, seed=seed)
+            weight, bias = fit_linear_classifier(features, train_labels.to(device), num_classes=num_classes, epochs=probe_epochs,
+                                                 min_steps=probe_min_steps, seed=seed)
             head.weight.copy_(weight)
             head.bias.copy_(bias)
             del features

@@ -104,6 +104,8 @@ def linear_probe(
         that logs and tables have a fixed schema; with C ≤ 5 it is trivially 1.0, and reports show it only
         where C > 10 (SPEC §6). Top-5 uses ``min(5, C)`` classes.
     """
+    _check_arguments(num_classes, epochs, min_steps, batch_size, lr, weight_decay)
+    check_split(train_features, train_labels, "train", num_classes, "linear probe")
     check_split(test_features, test_labels, "test", num_classes, "linear probe")
     check_same_dim(train_features, test_features, "linear probe")
     weight, bias, mean, scale = _fit(train_features, train_labels, num_classes=num_classes, epochs=epochs, min_steps=min_steps,
@@ -126,10 +128,15 @@ def fit_linear_classifier(
 ) -> tuple[Tensor, Tensor]:
     """The probe's classifier as ``(weight (C, D), bias (C,))`` acting on the *raw* features, ``logits = W x + b``: the
     fit of :func:`linear_probe` (same arguments) with its standardisation folded in, ``W = W̃/σ``, ``b = b̃ − W μ``.
-    What a fine-tuned head starts from (:mod:`nocollapse.eval.finetune`)."""
+    What a fine-tuned head starts from (:mod:`nocollapse.eval.finetune`).
+
+    A feature that barely varies on the training set (σ just above the probe's 1e-6 floor: a channel active on one
+    image of a 1-shot set) would get a weight of order W̃/σ ≈ 1e5, and a fine-tuning step that moves it would blow up
+    the logits and the encoder's gradient; its σ is floored at 1e-3 of the median σ for the fold, which changes the
+    logits only where such a feature departs from its training mean."""
     weight, bias, mean, scale = _fit(train_features, train_labels, num_classes=num_classes, epochs=epochs, min_steps=min_steps,
                                      batch_size=batch_size, lr=lr, weight_decay=weight_decay, seed=seed, device=device, progress=False)
-    weight = weight / scale
+    weight = weight / scale.clamp_min(1e-3 * scale.median())
     return weight, bias - weight @ mean
 
 

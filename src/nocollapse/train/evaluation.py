@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 import statistics
 import time
 from pathlib import Path
@@ -213,11 +213,12 @@ def evaluate_run(
                                                   "fitted on its train split"))
         save()
     if labelled and e.finetune_epochs:
-        finetuned.extend(finetune_rows(config, trained, initial.encoder, train_set, test_set, draws or {}, device=device_, progress=progress,
-                                       log=log))
+        for entry in finetune_rows(config, trained, initial.encoder, train_set, test_set, draws or {}, device=device_, progress=progress,
+                                   log=log):
+            finetuned.append(entry)
+            save()
         log(format_finetune_table(finetuned, title=f"{config.data.dataset} test split, top-1 accuracy (%) after fine-tuning end to end: "
                                                    f"{FinetuneRecipe(e.finetune_epochs, e.finetune_min_steps, e.finetune_lr).describe()}"))
-        save()
     return rows
 
 
@@ -249,16 +250,17 @@ def transfer_section(config: Config, target: TransferTarget, trained: torch.nn.M
 
 
 def finetune_rows(config: Config, trained: torch.nn.Module, initial: torch.nn.Module, train_set: ImageDataset, test_set: ImageDataset,
-                  draws: dict, *, device: torch.device, progress: bool = True, log: Callable[[str], object] = print) -> list[dict]:
+                  draws: dict, *, device: torch.device, progress: bool = True, log: Callable[[str], object] = print) -> Iterator[dict]:
     """Fine-tune the ``trained`` encoder and the ``initial`` one (the random-encoder baseline) on all the training labels and on
     each draw of each label subset (``draws``, :func:`~nocollapse.eval.few_labels.draw_subsets`), with the same recipe,
-    budget and seed; one ``eval.json`` entry per labelled set: top-1 of each network per draw, steps, seconds, recipe."""
+    budget and seed; yields one ``eval.json`` entry per labelled set as it is done: top-1 of each network per draw,
+    steps, seconds, recipe."""
     e = config.eval
     recipe = FinetuneRecipe(e.finetune_epochs, e.finetune_min_steps, e.finetune_lr)
-    settings = {"num_classes": len(train_set.classes), "recipe": recipe, "mean": config.augment.mean, "std": config.augment.std,
+    settings = {"num_classes": len(train_set.classes), "recipe": recipe, "probe_epochs": e.probe_epochs, "probe_min_steps": e.probe_min_steps,
+                "mean": config.augment.mean, "std": config.augment.std,
                 "seed": config.run.seed, "device": device, "amp": use_bf16(config.run.amp, device), "channels_last": config.run.channels_last}
     sets = [("100%", [torch.arange(len(train_set))])] + [(subset.name, index_sets) for subset, index_sets in draws.items()]
-    entries = []
     for name, index_sets in sets:
         entry: dict = {"subset": name, "labels": len(index_sets[0]), "draws": len(index_sets), "steps": recipe.steps(len(index_sets[0])),
                        "recipe": recipe.describe(), "pretrained": [], "scratch": [], "seconds": 0.0}
@@ -271,8 +273,7 @@ def finetune_rows(config: Config, trained: torch.nn.Module, initial: torch.nn.Mo
                 entry[key].append(result["top1"])
                 entry["seconds"] += result["seconds"]
         log(f"  fine-tuned on {name} of the labels ({entry['labels']} images, {entry['steps']} steps, {entry['draws']} draw(s)) in {entry['seconds']:.1f}s")
-        entries.append(entry)
-    return entries
+        yield entry
 
 
 def format_finetune_table(entries: Sequence[dict], *, title: str = "") -> str:
