@@ -95,8 +95,9 @@ def finetune(
     """Fine-tune a copy of ``encoder`` (``encoder.output_dim`` features) with a new linear head on uint8 ``train_images``,
     the head started from the probe of the frozen features (``head_from_probe``, LP-FT; fitted with ``probe_epochs`` and
     ``probe_min_steps`` as :func:`~nocollapse.eval.linear.linear_probe`, so that at the evaluation's settings the head
-    starts where the linear-probe column's fit ended) or at random; returns ``{"top1": test accuracy, "steps": optimiser steps, "seconds": wall-clock}``. ``encoder`` is not modified.
-    ``amp`` runs the training passes under bf16 autocast (the loss and the test pass stay float32)."""
+    starts where the linear-probe column's fit ended) or at random. Returns ``{"top1": test accuracy, "steps": optimiser
+    steps, "seconds": wall-clock}``; ``encoder`` is not modified. ``amp`` runs the training passes under bf16 autocast
+    (the loss and the test pass stay float32)."""
     device = torch.device(device)
     started = time.perf_counter()
     steps = recipe.steps(len(train_images))

@@ -98,6 +98,9 @@ def load_target(target: TransferTarget, channels: int, size: int, *, cache_dir: 
     conversion = describe_conversion(tuple(loaded[0].images.shape[1:]), channels, size)
     if target.dataset == "image-folder":
         conversion = f"decoded at {size} px (centre crop, resize), {conversion}"
-    converted = [ImageDataset(images=to_encoder_input(dataset.images if isinstance(dataset.images, Tensor) else dataset.in_memory(), channels, size), labels=dataset.labels, classes=dataset.classes,
-                              name=dataset.name) for dataset in loaded]
+    converted = []
+    for dataset in loaded:
+        images = dataset.images if isinstance(dataset.images, Tensor) else dataset.in_memory()
+        converted.append(ImageDataset(images=to_encoder_input(images, channels, size), labels=dataset.labels, classes=dataset.classes,
+                                      name=dataset.name))
     return converted[0], converted[1], conversion
