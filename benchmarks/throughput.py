@@ -15,6 +15,10 @@ augmentation and the elementwise work are not counted), over its median time.
     python benchmarks/throughput.py                              # CPU: the Fashion-MNIST presets, ConvNet
     python benchmarks/throughput.py --amp false,true --no-resnet     # float32 against bf16 autocast, interleaved
     python benchmarks/throughput.py --device cuda --resnet-batch 512 --steps 50
+    python benchmarks/throughput.py --only fmnist --peak 166,333   # some rows; their GFLOP/s as a share of the cores' peak
+
+``--peak FP32,BF16`` (GFLOP/s of all the cores used, from their FMA width and clock) adds the share of that peak
+the step reaches, in its precision.
 """
 
 from __future__ import annotations
@@ -37,10 +41,15 @@ from nocollapse.train.loop import Trainer
 
 # (label, preset, overrides); ResNet-18 rows read a synthetic CIFAR-10 written by this script (32×32 RGB).
 CONVNET_CASES = [
+    ("BYOL + uniformity, ConvNet 32-64-128-384 (fmnist, the default)", "fmnist", []),
     ("BYOL, ConvNet (fmnist-byol)", "fmnist-byol", []),
     ("W-MSE 2, ConvNet (fmnist-wmse2)", "fmnist-wmse2", []),
+    ("W-MSE 4, ConvNet (fmnist-wmse4)", "fmnist-wmse4", []),
     ("MSBReg 4 views, ConvNet (fmnist-msbreg)", "fmnist-msbreg", []),
     ("SFRIK q=2048, ConvNet (fmnist-sfrik)", "fmnist-sfrik", []),
+    ("BYOL + SV + BD, ConvNet", "fmnist-byol", ["regularizers.singular_value=30", "regularizers.brownian=0.1"]),
+    ("BYOL + InfoNCE, ConvNet (byol+contrastive)", "byol+contrastive", []),
+    ("BYOL + MHE, ConvNet (byol+mhe)", "byol+mhe", []),
 ]
 RESNET_CASES = [("BYOL, ResNet-18 32×32 (cifar10)", "cifar10", [])]
 
@@ -137,26 +146,33 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="torch.compile the method (run.compile=true)")
     parser.add_argument("--amp", default="auto", type=lambda text: text.split(","),
                         help="run.amp settings to measure side by side, comma-separated (e.g. false,true: float32 against bf16)")
+    parser.add_argument("--only", help="only the rows whose label contains this text")
+    parser.add_argument("--peak", type=lambda text: dict(zip(("fp32", "bf16"), map(float, text.split(",")))),
+                        help="FP32,BF16: the cores' peak GFLOP/s, to print the share of it each step reaches")
     args = parser.parse_args()
 
     rows = []
+    chosen = lambda label: args.only is None or args.only in label  # noqa: E731
     with tempfile.TemporaryDirectory() as out:
-        for label, preset, overrides in CONVNET_CASES:
+        for label, preset, overrides in filter(lambda case: chosen(case[0]), CONVNET_CASES):
             rows.extend(measure(label, preset, overrides, args, out))
             print(f"  measured {label}", flush=True)
         if not args.no_resnet:
             data = write_synthetic_cifar10(Path(out) / "data", images=max(5 * args.resnet_batch, 1000))
-            for label, preset, overrides in RESNET_CASES:
+            for label, preset, overrides in filter(lambda case: chosen(case[0]), RESNET_CASES):
                 rows.extend(measure(label, preset, [*overrides, f"data.data_dir={data}", f"optim.batch_size={args.resnet_batch}"], args, out))
                 print(f"  measured {label}", flush=True)
 
     device = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"{cpu_model()}, {torch.get_num_threads()} threads"
     print(f"\n{device}, torch {torch.__version__}, median of {args.steps} steps" + (", compiled" if args.compile else ""))
-    print("| configuration | batch | precision | images/s | full step (ms) | bare fwd+bwd (ms) | ratio | GFLOP/s of the step | peak memory |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    share = " share of the peak |" if args.peak else ""
+    print("| configuration | batch | precision | images/s | full step (ms) | bare fwd+bwd (ms) | ratio | GFLOP per step | GFLOP/s of the step |"
+          f"{share} peak memory |")
+    print("|---|---|---|---|---|---|---|---|---|" + ("---|" if args.peak else "") + "---|")
     for row in rows:
+        of_peak = f" {100 * row['gflops'] / args.peak[row['precision']]:.0f}% |" if args.peak else ""
         print(f"| {row['label']} | {row['batch']} | {row['precision']} | {row['img/s']:.0f} | {row['step ms']:.1f} | {row['bare ms']:.1f} | "
-              f"{row['ratio']:.2f} | {row['gflops']:.0f} | {row['peak']} |")
+              f"{row['ratio']:.2f} | {row['flops'] / 1e9:.1f} | {row['gflops']:.0f} |{of_peak} {row['peak']} |")
 
 
 def _sync(device: torch.device) -> None:

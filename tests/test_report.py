@@ -256,11 +256,11 @@ def test_a_run_that_is_training_or_was_killed_still_gets_a_page(tiny_data, tmp_p
 
 
 def test_report_refuses_a_directory_that_is_not_a_run(tmp_path, capsys):
-    with pytest.raises(UserError, match="not a nocollapse run directory"):
+    with pytest.raises(UserError, match="is neither a run directory"):
         write_report([tmp_path], tmp_path / "out")
     assert main(["report", str(tmp_path), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
-    assert "not a nocollapse run directory" in err and "Traceback" not in err
+    assert "is neither a run directory" in err and "Traceback" not in err
 
 
 def test_cli_report_writes_the_comparison(two_runs, tmp_path, capsys):

@@ -8,8 +8,12 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from nocollapse.errors import TrainingStopped, UserError
+
+if TYPE_CHECKING:
+    from nocollapse.config import Config
 
 EXAMPLES = """examples:
   nocollapse train                                  BYOL + uniformity on Fashion-MNIST, the default preset (under 15 min on 2 CPU cores with bf16 units)
@@ -26,6 +30,11 @@ EXAMPLES = """examples:
   nocollapse embed runs/fmnist-byol+uniformity-seed0 photos/ --out emb.npy
                                                     embeddings of new images (files, folders, fashion-mnist:test), one row each
   nocollapse report runs/a runs/b --out cmp/        one HTML page comparing runs (plots, tables, baselines)
+  nocollapse sweep --preset fmnist --seeds 0,1,2 optim.lr=0.5,1 --out sweeps/lr
+                                                    a grid of settings × seeds, resumable, several runs at once with --jobs
+  nocollapse train --config my.toml                 settings from a file (`nocollapse config --save my.toml` writes one)
+  nocollapse tune --preset fmnist-byol --trials 20 --budget-epochs 2 --out tune/
+                                                    search the recipe with Optuna (pruned trials, best.toml to train)
   nocollapse config --preset cifar10                every setting of a preset, with what it does
   nocollapse download fashion-mnist --to data/      fetch the official files (SHA-256 verified)
 """
@@ -43,7 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
                                             "Settings are key=value overrides on a preset; `nocollapse config` lists them all.",
                                 epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     train.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.lr=0.5 augment.crop_scale=0.2,1.0")
-    train.add_argument("--preset", default="fmnist", choices=sorted(PRESETS), help="named starting configuration (default: fmnist)")
+    train.add_argument("--preset", choices=sorted(PRESETS), help="named starting configuration (default: the config file's, else fmnist)")
+    train.add_argument("--config", type=Path, metavar="FILE", help="settings from a TOML or JSON file (a preset plus keys, as "
+                                                                    "`nocollapse config --save` writes); key=value overrides win over it")
     train.add_argument("--resume", action="store_true", help="continue the run in out_dir/name from its last checkpoint")
     train.add_argument("--data-dir", help="where the dataset files are (same as data.data_dir=...)")
     train.add_argument("--device", help="auto | cpu | cuda | cuda:N (same as run.device=...)")
@@ -97,15 +108,71 @@ def build_parser() -> argparse.ArgumentParser:
                                              "epochs, lr and τ, alignment/uniformity/RankMe over epochs, singular spectra, t-SNE maps, and "
                                              "tables of accuracy and geometry beside the raw-pixel and random-encoder baselines. "
                                              "Plots need `pip install 'nocollapse[report]'`.")
-    report.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR", help="run directories written by `nocollapse train`")
+    report.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR", help="run directories written by `nocollapse train`, or a "
+                                                                                   "directory of them (a sweep's --out): runs that differ only "
+                                                                                   "by seed are grouped, mean ± std with Welch's t-test")
     report.add_argument("--out", required=True, type=Path, help="directory for index.html and the PNG files")
     report.add_argument("--title", help="page title (default: the run names)")
     report.add_argument("--no-map", action="store_true", help="skip the t-SNE maps (about 12 s per run on 2 CPU cores)")
 
+    sweep = commands.add_parser("sweep", help="train a grid of settings × seeds, each an ordinary run directory; resumable",
+                                description="Every combination of the presets and the listed values, for each seed, trained as "
+                                            "`nocollapse train` runs in OUT/<preset>-<method>[-key=value...]-seed<seed>. Run the same "
+                                            "command again to skip the finished runs and resume the interrupted ones; a failed run is "
+                                            "recorded in OUT/sweep.json (its output in OUT/logs/) and the others go on.",
+                                epilog="examples:\n"
+                                       "  nocollapse sweep --preset fmnist --seeds 0,1,2 --out sweeps/default\n"
+                                       "  nocollapse sweep --preset fmnist-byol --seeds 0,1 optim.lr=0.5,1 augment.crop_scale='0.2,1|0.8,1' --out sweeps/lr\n"
+                                       "  nocollapse sweep --preset fmnist-byol,fmnist-wmse2 --seeds 0,1,2 --jobs 2 --out sweeps/methods",
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sweep.add_argument("settings", nargs="*", metavar="key=v1,v2", help="values to sweep (or one value to fix); a key that takes a list "
+                                                                         "(augment.crop_scale) separates its values with |")
+    sweep.add_argument("--preset", default="fmnist", help="one or more presets, comma-separated (default: fmnist)")
+    sweep.add_argument("--seeds", default="0", help="comma-separated run.seed values (default: 0)")
+    sweep.add_argument("--out", required=True, type=Path, help="the sweep's directory: its runs, sweep.json and logs/")
+    sweep.add_argument("--config", type=Path, metavar="FILE", help="start every run from this TOML or JSON config file")
+    sweep.add_argument("--jobs", type=int, default=1, help="runs at once (default 1); the CPU threads are split between them")
+    sweep.add_argument("--threads", type=int, help="CPU threads per run (default: the cores divided by --jobs)")
+    sweep.add_argument("--no-report", action="store_true", help="no HTML report per run (saves some 15 s a run; "
+                                                                 "`nocollapse report OUT` still compares them)")
+    sweep.add_argument("--dry-run", action="store_true", help="list the runs and their status, train nothing")
+
+    tune = commands.add_parser("tune", help="search a preset's recipe with Optuna on a short budget, each trial a run",
+                               description="Trials of the preset for --budget-epochs each, in OUT/trial<NNN>, until the study holds "
+                                           "--trials finished ones. Searched by default: the learning rate (÷4 to ×4), τ_base, the crops' "
+                                           "smallest scale, the batch size and the preset's regularizer weights (÷10 to ×10). Trials "
+                                           "below the median at an epoch are pruned. The objective: final kNN top-1, or RankMe of the "
+                                           "features on data without labels. The best settings go to OUT/best.toml. Needs "
+                                           "`pip install 'nocollapse[tune]'`.",
+                               epilog="examples:\n"
+                                      "  nocollapse tune --preset fmnist-byol --trials 20 --budget-epochs 2 --out tune/fmnist\n"
+                                      "  nocollapse tune --preset folder-96 data.data_dir=photos/ --trials 30 --budget-epochs 5 --out tune/photos \\\n"
+                                      "      --space optim.lr=0.05:2:log --space model.backbone=resnet18|convnet\n"
+                                      "  nocollapse tune ... --storage postgresql://user@host/db   (processes on many machines, one study)",
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
+    tune.add_argument("overrides", nargs="*", metavar="key=value", help="fixed settings for every trial (a key given here is not searched)")
+    tune.add_argument("--preset", default="fmnist", choices=sorted(PRESETS), help="the recipe to start from (default: fmnist)")
+    tune.add_argument("--config", type=Path, metavar="FILE", help="start from a TOML or JSON config file")
+    tune.add_argument("--trials", type=int, required=True, help="finished trials (complete or pruned) the study should hold")
+    tune.add_argument("--budget-epochs", type=int, required=True, help="epochs of each trial")
+    tune.add_argument("--out", type=Path, required=True, help="the trials' run directories, study.db and best.toml")
+    tune.add_argument("--space", action="append", default=[], metavar="KEY=SPEC",
+                      help="change the search space: KEY=LOW:HIGH[:log], KEY=A|B|C, or KEY=off (repeatable)")
+    tune.add_argument("--objective", default="auto", choices=("auto", "knn", "rankme"),
+                      help="auto: kNN where the data has labelled train/ and test/, else RankMe (label-free)")
+    tune.add_argument("--storage", help="an Optuna storage URL (default: sqlite:///OUT/study.db); a database server lets many "
+                                        "processes and machines share the study")
+    tune.add_argument("--study", help="the study's name in the storage (default: the name of OUT)")
+    tune.add_argument("--seed", type=int, default=0, help="this process's sampler seed (give each process sharing a study its own)")
+
     config = commands.add_parser("config", help="print every setting of a preset with what it does")
     config.add_argument("overrides", nargs="*", metavar="key=value")
-    config.add_argument("--preset", default="fmnist", choices=sorted(PRESETS))
+    config.add_argument("--preset", choices=sorted(PRESETS), help="default: the config file's, else fmnist")
+    config.add_argument("--config", type=Path, metavar="FILE", help="start from a TOML or JSON config file")
     config.add_argument("--json", action="store_true", help="print the resolved config as JSON")
+    config.add_argument("--save", type=Path, metavar="FILE", help="write every setting to FILE (.toml with comments, or .json) "
+                                                                   "for `nocollapse train --config FILE`")
+    config.add_argument("--force", action="store_true", help="with --save: overwrite FILE")
 
     download = commands.add_parser("download", help="download a dataset's official files, verified by SHA-256")
     download.add_argument("dataset", help="fashion-mnist | cifar10 | cifar100 | stl10")
@@ -117,7 +184,6 @@ def build_parser() -> argparse.ArgumentParser:
 def run_train(args: argparse.Namespace) -> None:
     import torch
 
-    from nocollapse.config import resolve_config
     from nocollapse.train.loop import Trainer, resume_config, run_directory
 
     overrides = list(args.overrides)
@@ -127,7 +193,7 @@ def run_train(args: argparse.Namespace) -> None:
         overrides.append(f"run.device={args.device}")
     if args.compile:
         overrides.append("run.compile=true")
-    config = resolve_config(args.preset, overrides)
+    config = resolved_config(args, overrides)
     run_dir = run_directory(config, resuming=args.resume)
     if args.resume:  # the run's own settings; only what cannot change its trajectory may be overridden
         config = resume_config(run_dir, overrides)
@@ -225,16 +291,62 @@ def run_export(args: argparse.Namespace) -> None:
 
 def run_report(args: argparse.Namespace) -> None:
     from nocollapse.report import write_report
+    from nocollapse.report.html import SEEDS_FILE
 
     page = write_report(args.run_dirs, args.out, title=args.title, tsne=not args.no_map)
+    if (page.parent / SEEDS_FILE).is_file():  # runs that differ only by seed: their statistics, also for a README
+        print(f"over seeds ({page.parent / SEEDS_FILE}):\n{(page.parent / SEEDS_FILE).read_text()}")
     print(f"report: {page}")
 
 
-def run_config(args: argparse.Namespace) -> None:
-    from nocollapse.config import describe, resolve_config
+def resolved_config(args: argparse.Namespace, overrides: list[str]) -> Config:
+    """``--preset`` and ``--config`` with ``overrides`` applied: the command line over the file over the preset."""
+    from nocollapse.config import resolve_config
+    from nocollapse.config_file import config_from_file
 
-    config = resolve_config(args.preset, args.overrides)
-    print(config.to_json() if args.json else f"preset {args.preset}:\n{describe(config)}")
+    if args.config is not None:
+        return config_from_file(args.config, args.preset, overrides)
+    return resolve_config(args.preset or "fmnist", overrides)
+
+
+def run_config(args: argparse.Namespace) -> None:
+    from nocollapse.config import describe
+    from nocollapse.config_file import write_config_file
+
+    config = resolved_config(args, args.overrides)
+    if args.save is not None:
+        path = write_config_file(config, args.save, force=args.force)
+        print(f"wrote {path}: train with `nocollapse train --config {path}`")
+    elif args.json:
+        print(config.to_json())
+    else:
+        print(f"preset {config.preset}:\n{describe(config)}")
+
+
+def run_sweep(args: argparse.Namespace) -> int:
+    from nocollapse.sweep import Sweep, plan_sweep, run_sweep as train_sweep
+
+    presets = [name.strip() for name in args.preset.split(",") if name.strip()]
+    try:
+        seeds = [int(seed) for seed in args.seeds.split(",") if seed.strip()]
+    except ValueError:
+        raise UserError(f"--seeds {args.seeds!r}: must be comma-separated integers, e.g. 0,1,2") from None
+    runs = plan_sweep(presets, seeds, args.settings, args.out, config_file=args.config)
+    if args.dry_run:
+        sweep = Sweep(runs, args.out)
+        for run in runs:
+            print(f"{sweep.status[run.name].status:<11} {args.out / run.name}")
+        print(f"each: {' '.join(runs[0].command(args.out, resume=False)[2:])} (with its own preset, values, seed and name)")
+        return 0
+    sweep = train_sweep(runs, args.out, jobs=args.jobs, threads=args.threads, reports=not args.no_report)
+    return 1 if any(status.status == "failed" for status in sweep.status.values()) else 0
+
+
+def run_tune(args: argparse.Namespace) -> None:
+    from nocollapse.tune import tune
+
+    tune(args.preset, args.out, trials=args.trials, budget_epochs=args.budget_epochs, overrides=args.overrides, space=args.space,
+         storage=args.storage, study_name=args.study, objective=args.objective, seed=args.seed, config_file=args.config)
 
 
 def run_download(args: argparse.Namespace) -> None:
@@ -256,9 +368,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    handlers = {"train": run_train, "eval": run_eval, "embed": run_embed, "export": run_export, "report": run_report, "config": run_config, "download": run_download}
+    handlers = {"train": run_train, "eval": run_eval, "embed": run_embed, "export": run_export, "report": run_report, "sweep": run_sweep, "tune": run_tune,
+                "config": run_config, "download": run_download}
     try:
-        handlers[args.command](args)
+        status = handlers[args.command](args)
     except UserError as error:
         print(f"nocollapse {args.command}: error: {error}", file=sys.stderr)
         return 2
@@ -268,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"\nnocollapse {args.command}: interrupted; the last checkpoint is kept (continue with --resume)", file=sys.stderr)
         return 130
-    return 0
+    return status or 0
 
 
 if __name__ == "__main__":

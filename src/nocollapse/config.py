@@ -284,6 +284,17 @@ def valid_keys(config: Config | None = None) -> list[str]:
     return sorted(flatten((config or Config()).to_dict()))
 
 
+def key_type(key: str) -> Any:
+    """The annotation of a dotted key's field (``tuple[float, float]`` for ``augment.crop_scale``); UserError when unknown."""
+    if key not in valid_keys() or key == "preset":
+        raise UserError(unknown_key_message(key))
+    *sections, name = key.split(".")
+    target: Any = Config()
+    for section in sections:
+        target = getattr(target, section)
+    return _field_type(target, name)
+
+
 def _field_type(section: Any, name: str) -> Any:
     return _type_hints(type(section))[name]
 
@@ -555,20 +566,22 @@ def resolve_config(preset: str = "fmnist", overrides: list[str] | dict[str, Any]
     config = Config(preset=preset)
     for key, value in PRESETS[preset].items():
         set_value(config, key, value)
-    items: list[tuple[str, Any]]
-    if isinstance(overrides, dict):
-        items = list(overrides.items())
-    else:
-        items = []
-        for text in overrides or []:
-            key, sep, value = text.partition("=")
-            if not sep or not key:
-                raise UserError(f"override {text!r} is not of the form key=value (e.g. optim.lr=0.5)")
-            items.append((key.strip(), value.strip()))
+    items = list(overrides.items()) if isinstance(overrides, dict) else split_overrides(overrides or [])
     for key, value in items:
         set_value(config, key, value)
     validate(config)
     return config
+
+
+def split_overrides(overrides: list[str]) -> list[tuple[str, str]]:
+    """``["optim.lr=0.5"]`` → ``[("optim.lr", "0.5")]``; an item without ``=`` is a UserError."""
+    items = []
+    for text in overrides:
+        key, sep, value = text.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"override {text!r} is not of the form key=value (e.g. optim.lr=0.5)")
+        items.append((key.strip(), value.strip()))
+    return items
 
 
 def field_comments() -> dict[str, str]:

@@ -33,3 +33,12 @@ class TrainingStopped(Exception):
         super().__init__(f"{signal_name} received: stopped after step {step} and saved a checkpoint in {run_dir}; "
                          "continue with `nocollapse train --resume` and the same run.name")
         self.signal_name, self.step = signal_name, step
+
+
+class SweepStopped(TrainingStopped):
+    """A sweep stopped on request after its running trainings saved their checkpoints."""
+
+    def __init__(self, signal_name: str, out: object) -> None:
+        Exception.__init__(self, f"{signal_name} received: the running runs stopped at a step boundary, each with a checkpoint; "
+                                 f"run the same `nocollapse sweep ... --out {out}` to continue")
+        self.signal_name, self.step = signal_name, 0

@@ -21,11 +21,13 @@ from typing import Any
 from nocollapse.config import flatten
 from nocollapse.errors import UserError
 from nocollapse.report import plots
-from nocollapse.report.runs import RunRecord, few_label_entries, knn_key, load_runs
+from nocollapse.report.runs import RunRecord, expand_run_dirs, few_label_entries, knn_key, load_runs
+from nocollapse.report.seeds import SEED_FREE_KEYS, TEST_NOTE, RunGroup, SeedScores, format_cell, group_by_seed, markdown_table, seed_scores
 from nocollapse.train.checkpoint import atomic_write_bytes
 from nocollapse.train.run_data import UNLABELLED_PROBE_IMAGES
 
 REPORT_FILE = "index.html"
+SEEDS_FILE = "seeds.md"  # the table over seeds in Markdown, beside the page
 # Settings that name or place a run rather than change what it computes: left out of "settings that differ".
 IDENTITY_KEYS = {"run.name", "run.out_dir"}
 
@@ -141,16 +143,40 @@ def training_table(runs: Sequence[RunRecord]) -> str:
 
 
 def differing_settings(runs: Sequence[RunRecord]) -> str:
-    """A table of the settings whose values differ between the runs (empty for one run)."""
+    """A table of the settings whose values differ between the runs (empty for one run); where runs differ only by
+    seed, one column per setting (its seeds in the first row) and the seed-free keys left out."""
     if len(runs) < 2:
         return ""
-    flat = [flatten(run.config) for run in runs]
-    keys = sorted(k for k in set().union(*flat) if k not in IDENTITY_KEYS and len({json.dumps(f.get(k)) for f in flat}) > 1)
+    groups = group_by_seed(runs)
+    grouped = len(groups) < len(runs)
+    ignored = IDENTITY_KEYS | (SEED_FREE_KEYS if grouped else set())
+    flat = [flatten(group.runs[0].config) for group in groups]
+    keys = sorted(k for k in set().union(*flat) if k not in ignored and len({json.dumps(f.get(k)) for f in flat}) > 1)
     if not keys:
-        return "<p>The runs share every setting.</p>"
+        return "<p>The runs share every setting" + (" but the seed" if grouped else "") + ".</p>"
     rows = [[key] + [json.dumps(f.get(key)) if not isinstance(f.get(key), str) else f[key] for f in flat] for key in keys]
-    return "<p>Settings that differ between the runs:</p>" + _table(["setting"] + [run.label for run in runs], rows, numeric_from=len(runs) + 1,
-                                                                     table_id="settings-table")
+    if grouped:
+        rows.insert(0, ["run.seed"] + [",".join(map(str, group.seeds)) for group in groups])
+    return "<p>Settings that differ between the runs:</p>" + _table(["setting"] + [group.label for group in groups], rows,
+                                                                     numeric_from=len(groups) + 1, table_id="settings-table")
+
+
+def seed_table(scores: SeedScores) -> str:
+    """Each setting's figures over its seeds, mean ± std, bold where the test cannot tell it from the best (the p value
+    against the best in each cell's tooltip)."""
+    header = ["setting", "n", "seeds", *(measure.name for measure in scores.measures)]
+    body = []
+    for group, cells in zip(scores.groups, scores.cells):
+        row = [f"<td>{html.escape(group.label)}</td>", f'<td class="num">{len(group.runs)}</td>',
+               f"<td>{html.escape(','.join(map(str, group.seeds)))}</td>"]
+        for cell, measure in zip(cells, scores.measures):
+            bold = cell is not None and (cell.best or cell.tied)
+            tip = ("best mean" if cell.best else f"Welch p = {cell.p_value:.3g} against the best" if cell.p_value is not None
+                   else "one seed: not tested") if cell is not None else ""
+            row.append(f'<td class="num{" best" if bold else ""}" title="{html.escape(tip)}">{html.escape(format_cell(cell, measure))}</td>')
+        body.append("<tr>" + "".join(row) + "</tr>")
+    head = "".join(f'<th class="num">{html.escape(h)}</th>' if i >= 3 or i == 1 else f"<th>{html.escape(h)}</th>" for i, h in enumerate(header))
+    return f'<table id="seeds-table"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
 
 
 SCORE_KEYS = ("knn", "knn_euclidean", "linear")
@@ -342,6 +368,9 @@ FIGURES: list[tuple[str, str, Callable[[Sequence[RunRecord]], Any], str]] = [
      "representation of a run. The last point is the whole training set. Dashed grey: the baselines. The gap between a trained "
      "line and the baselines at few labels is what pretraining saves in labelling. Where the run fine-tuned (eval.finetune_epochs), "
      "the last panel shows the fine-tuned encoder (solid) against the same network trained from scratch (dotted)."),
+    ("seeds", "Over seeds: mean and spread", plots.seed_band_figure,
+     "Each setting run with several seeds: the monitor's kNN top-1 and the total loss against epochs, the mean over its seeds "
+     "as a line and ±1 sample std as a band. Bands that overlap along the curve are differences the seeds do not settle."),
     ("spectrum", "Singular spectrum of the test embeddings", plots.spectrum_figure,
      "Singular values σ_k/σ_1 of the test embeddings after training (log scale); dashed: the baselines. A spectrum that "
      "drops to ~0 after a few values is dimensional collapse, which uniformity can hide."),
@@ -349,7 +378,7 @@ FIGURES: list[tuple[str, str, Callable[[Sequence[RunRecord]], Any], str]] = [
 
 
 # Figures of evaluations that runs make only when asked (eval.label_fractions, eval.shots, eval.finetune_epochs): no section without them.
-OPTIONAL_FIGURES = {"labels"}
+OPTIONAL_FIGURES = {"labels", "seeds"}
 
 MAP_CAPTION = ("t-SNE of the ℓ2-normalised encoder features of a fixed subset of test images, one colour per class. "
                "Neighbourhoods are meaningful; the distances between clusters and their sizes are not.")
@@ -373,12 +402,12 @@ def write_report(run_dirs: Sequence[Path | str], out_dir: Path | str, *, title: 
     the maps (t-SNE of 2000 test embeddings takes about 12 s per run on 2 CPU cores). Returns the
     page's path.
     """
-    runs = load_runs(list(run_dirs))
+    runs = load_runs(expand_run_dirs(list(run_dirs)))
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; give a directory for index.html and the PNG files")
     out.mkdir(parents=True, exist_ok=True)
-    for stale in [*out.glob("map-[0-9]*-*.png"), *(out / f"{name}.png" for name, *_ in FIGURES)]:
+    for stale in [*out.glob("map-[0-9]*-*.png"), *(out / f"{name}.png" for name, *_ in FIGURES), out / SEEDS_FILE]:
         stale.unlink(missing_ok=True)  # a plot that cannot be drawn this time must not show last time's
     notes: list[str] = []
     images: dict[str, bytes] = {}
@@ -406,7 +435,9 @@ def write_report(run_dirs: Sequence[Path | str], out_dir: Path | str, *, title: 
     if tsne and no_tsne and not no_plots:
         notes.append(no_tsne)
         log(f"report: {no_tsne}")
-    for index, run in enumerate(runs, start=1):
+    groups = group_by_seed(runs)
+    mapped = [group.runs[0] for group in groups]  # one map per setting: its seeds' maps look alike
+    for index, run in enumerate(mapped, start=1):
         if not tsne:
             maps.append(PageFigure(None, "", f"{run.label}: maps were turned off (--no-map)"))
         elif no_tsne:
@@ -424,23 +455,32 @@ def write_report(run_dirs: Sequence[Path | str], out_dir: Path | str, *, title: 
             maps.append(PageFigure(save(f"map-{index}-{_safe_name(run.label)}.png", figure), run.label))
     sections.append(("map", "Map of the test embeddings", maps))
 
-    page = render_page(runs, sections, images, notes, title or ("nocollapse report: " + ", ".join(run.label for run in runs)))
+    scores = seed_scores(groups) if len(groups) < len(runs) else None
+    if scores is not None:
+        atomic_write_bytes(out / SEEDS_FILE, lambda file: file.write(markdown_table(scores).encode()))
+    page = render_page(runs, sections, images, notes, title or ("nocollapse report: " + ", ".join(group.label for group in groups)), scores)
     path = out / REPORT_FILE
     atomic_write_bytes(path, lambda file: file.write(page.encode()))
     return path
 
 
 def render_page(runs: Sequence[RunRecord], sections: list[tuple[str, str, list[PageFigure]]], images: dict[str, bytes], notes: list[str],
-                title: str) -> str:
+                title: str, seeds: SeedScores | None = None) -> str:
     """The page's HTML: tables first, then each section's figures (inline PNG) or the note saying why it has none."""
     generated = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     optional = [("few-labels", "few labels", few_label_table), ("finetune", "fine-tuning", finetune_table), ("transfer", "transfer", transfer_table)]
-    nav = ([("training", "runs"), ("accuracy", "accuracy")] + [(i, t) for i, t, table in optional if table(runs)]
+    nav = ([("training", "runs")] + ([("seeds", "over seeds")] if seeds else []) + [("accuracy", "accuracy")]
+           + [(i, t) for i, t, table in optional if table(runs)]
            + [("geometry-scores", "geometry")]) + [(name, name) for name, *_ in sections] + [("environment", "environment")]
     parts = [f"<h1>{html.escape(title)}</h1>", f'<p class="lede">{len(runs)} run(s), report generated {generated}</p>',
              "<nav>" + "".join(f'<a href="#{i}">{html.escape(t)}</a>' for i, t in nav) + "</nav>"]
     parts += [f'<p class="note">{html.escape(note)}</p>' for note in notes]
     parts.append(f'<section id="training"><h2>What was trained</h2>{training_table(runs)}{alerts(runs)}{differing_settings(runs)}</section>')
+    if seeds is not None:
+        parts.append('<section id="seeds"><h2>Over seeds</h2><p class="caption">Runs that differ only by their seed are one setting: '
+                     f'each figure of its trained encoder (accuracy %, geometry of the test features and projections) over them. '
+                     f'{html.escape(TEST_NOTE)} The same table in Markdown: {SEEDS_FILE}.</p>'
+                     + (f'<p class="note">{html.escape(seeds.untested)}</p>' if seeds.untested else "") + f"{seed_table(seeds)}</section>")
     accuracy = accuracy_table(runs) + unscored_note(runs)
     if not accuracy:
         accuracy = '<p class="note">No run has been evaluated yet: `nocollapse eval RUN_DIR` scores one.</p>'

@@ -149,6 +149,51 @@ def knn_figure(runs: Sequence[RunRecord]) -> Figure | None:
     return figure
 
 
+def _band(series: Sequence[Sequence[tuple[float, float]]]) -> tuple[list[float], list[float], list[float]] | None:
+    """(x, mean, std) over the seeds' curves at the x values they all have; None when they share none."""
+    shared = set.intersection(*(set(x for x, _ in curve) for curve in series)) if series else set()
+    if not shared:
+        return None
+    xs = sorted(shared)
+    at = [dict(curve) for curve in series]
+    means = [statistics.fmean(curve[x] for curve in at) for x in xs]
+    stds = [statistics.stdev(curve[x] for curve in at) if len(at) > 1 else 0.0 for x in xs]
+    return xs, means, stds
+
+
+def seed_band_figure(runs: Sequence[RunRecord]) -> Figure | None:
+    """For each setting run with several seeds (:func:`~nocollapse.report.seeds.group_by_seed`): its monitor's kNN
+    top-1 and its total loss against epochs, the mean over the seeds as a line and ±1 std as a band. None when no
+    setting has two seeds."""
+    from nocollapse.report.seeds import group_by_seed
+
+    groups = [group for group in group_by_seed(runs) if len(group.runs) > 1]
+    if not groups:
+        return None
+    panels = [("kNN top-1 (%) on the test split", lambda run: [(m["epoch"], 100 * m[key]) for m in run.monitors if (key := knn_key(m))]),
+              ("total loss", lambda run: [(w["epoch"], w["loss"]) for w in run.windows if "loss" in w])]
+    figure, axes = _figure(1, len(panels))
+    drawn = False
+    for ax, (title, read) in zip(axes, panels):
+        for index, group in enumerate(groups):
+            band = _band([read(run) for run in group.runs])
+            if band is None:
+                continue
+            x, mean, std = band
+            color = f"C{index % 10}"
+            ax.plot(x, mean, color=color, linewidth=1.4, marker="o" if len(x) < 30 else None, markersize=3,
+                    label=f"{group.label} (n={len(group.runs)})")
+            ax.fill_between(x, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)], color=color, alpha=0.2, linewidth=0)
+            drawn = True
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    if not drawn:
+        return None
+    _legend(figure, axes, runs)
+    return figure
+
+
 def schedule_figure(runs: Sequence[RunRecord]) -> Figure | None:
     """Learning rate and EMA momentum τ (methods with a target network) against epochs."""
     if not any(run.windows for run in runs):

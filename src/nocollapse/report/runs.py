@@ -194,6 +194,28 @@ def load_run(run_dir: Path | str, label: str | None = None) -> RunRecord:
                      evaluation=evaluation, embeddings=embeddings, embeddings_problem=embeddings_problem, skipped_lines=skipped)
 
 
+def expand_run_dirs(paths: Sequence[Path | str]) -> list[Path]:
+    """``paths`` with each directory of runs (a sweep's ``--out``, or any folder of run directories) replaced by its runs:
+    in the sweep's order where it has a ``sweep.json``, else by name. A run directory stays as it is."""
+    expanded: list[Path] = []
+    for path in map(Path, paths):
+        if (path / "config.json").is_file() or not path.is_dir():
+            expanded.append(path)  # a run, or not a directory at all: load_run says what is wrong with it
+            continue
+        runs = sorted(child for child in path.iterdir() if (child / "config.json").is_file())
+        if (path / "sweep.json").is_file():
+            try:
+                order = [record["name"] for record in json.loads((path / "sweep.json").read_text())["runs"]]
+            except (json.JSONDecodeError, KeyError, TypeError):
+                order = []
+            runs.sort(key=lambda child: order.index(child.name) if child.name in order else len(order))
+        if not runs:
+            raise UserError(f"{path} is neither a run directory (no config.json) nor a directory of runs; pass directories that "
+                            "`nocollapse train` or `nocollapse sweep` wrote")
+        expanded += runs
+    return expanded
+
+
 def load_runs(run_dirs: list[Path | str]) -> list[RunRecord]:
     """Read several runs, labelled by directory name (with the parent's name where two names clash, and a
     number where they still do): labels key colours, rows and files, so they must differ."""

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from nocollapse.augment.views import ViewGenerator
-from nocollapse.config import Config, flatten, set_value, validate
+from nocollapse.config import Config, flatten, set_value, split_overrides, validate
 from nocollapse.data.prefetch import Prefetcher
 from nocollapse.encoder import ENCODER_FILE, encoder_metadata, file_sha256, read_weights
 from nocollapse.errors import CollapseError, NonFiniteStep, TrainingStopped, UserError
@@ -117,11 +117,8 @@ def resume_config(run_dir: Path, overrides: list[str]) -> Config:
     """The run's own config with ``overrides`` applied; overrides that would change training are refused."""
     saved = load_run_config(run_dir)
     config = Config.from_dict(saved.to_dict())
-    for text in overrides:
-        key, sep, value = text.partition("=")
-        if not sep:
-            raise UserError(f"override {text!r} is not of the form key=value")
-        set_value(config, key.strip(), value.strip())
+    for key, value in split_overrides(overrides):
+        set_value(config, key, value)
     validate(config)
     changed = changed_training_keys(saved, config)
     if changed:
@@ -142,8 +139,11 @@ class Trainer:
     """One training run of ``config`` in ``run_dir`` (default: ``run.out_dir/run.name``)."""
 
     def __init__(self, config: Config, *, run_dir: Path | None = None, resume: bool = False, progress: bool = True,
-                 log: Callable[[str], object] = print) -> None:
+                 log: Callable[[str], object] = print, on_monitor: Callable[[dict[str, Any]], None] | None = None) -> None:
         self.config = config
+        # Called with each epoch's monitor line, after it is written and before that epoch's checkpoint (recipe
+        # tuning prunes there; an exception it raises stops the run, which resumes from the last checkpoint).
+        self.on_monitor = on_monitor
         self.run_dir = run_dir or run_directory(config)
         # Under torchrun every process trains its slice of each batch; only rank 0 talks and writes files.
         self.dist = init_distributed(select_device(config.run.device).type)
@@ -678,6 +678,8 @@ class Trainer:
                      f"(no kNN: it needs labelled train/ and test/; monitor: {record['monitor_seconds']:.1f} s)")
         self.log(f"  geometry: features {geometry['features'].summary()} | projections {geometry['projections'].summary()}")
         self._warn(self.collapse_watch.check_geometry(geometry))
+        if self.on_monitor is not None:
+            self.on_monitor({**record, "geometry": {name: g.to_dict(spectrum=False) for name, g in geometry.items()}})
 
     def _monitor_views(self, probe_images: Tensor) -> Tensor:
         """The alignment views of the monitor's probe images (:func:`positive_views`: the same at every call), kept after the
