@@ -147,8 +147,8 @@ def main() -> None:
     parser.add_argument("--amp", default="auto", type=lambda text: text.split(","),
                         help="run.amp settings to measure side by side, comma-separated (e.g. false,true: float32 against bf16)")
     parser.add_argument("--only", help="only the rows whose label contains this text")
-    parser.add_argument("--peak", type=lambda text: dict(zip(("fp32", "bf16"), map(float, text.split(",")))),
-                        help="FP32,BF16: the cores' peak GFLOP/s, to print the share of it each step reaches")
+    parser.add_argument("--peak", type=lambda text: dict(zip(("fp32", "bf16"), map(float, text.split(",") * (2 if "," not in text else 1)))),
+                        help="FP32,BF16: the cores' peak GFLOP/s, to print the share of it each step reaches (one number: both)")
     args = parser.parse_args()
 
     rows = []

@@ -27,6 +27,11 @@ def test_an_unset_optional_value_and_an_empty_list_survive_the_round_trip(tmp_pa
     assert read.data.data_dir is None and read.optim.lr_decay_at == () and read.run.name == ""
 
 
+def test_characters_beyond_the_basic_plane_survive_a_toml_file(tmp_path):
+    config = resolve_config("fmnist", ["data.data_dir=/data/🐱 photos/été", 'run.name=a"b'])
+    assert config_from_file(write_config_file(config, tmp_path / "c.toml")).to_dict() == config.to_dict()
+
+
 def test_a_saved_toml_file_documents_each_key(tmp_path):
     text = write_config_file(resolve_config("fmnist"), tmp_path / "c.toml").read_text()
     assert 'preset = "fmnist"' in text.splitlines()[2]
@@ -61,7 +66,7 @@ def test_a_runs_config_json_is_a_config_file(tiny_data, tmp_path):
 @pytest.mark.parametrize("name, text, message", [
     ("c.toml", "[optim]\nlrr = 0.5\n", "--config {path}: unknown config key 'optim.lrr'; did you mean optim.lr?"),
     ("c.toml", "[optim]\nlr = 'fast'\n", "--config {path}: optim.lr='fast': must be a number"),
-    ("c.toml", "[optim]\nlr = -1\n", "optim.lr=-1.0: must be a finite number > 0"),
+    ("c.toml", "[optim]\nlr = -1\n", "(settings from --config {path} and the command line)"),
     ("c.toml", "[optim\nlr = 1\n", "--config {path}: not valid TOML"),
     ("c.toml", 'preset = "fmnst"\n', "--config {path}: unknown preset 'fmnst'; presets: fmnist,"),
     ("c.json", "[1, 2]", "--config {path}: the file must hold a table of settings (an object), not a list"),

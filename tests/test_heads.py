@@ -34,3 +34,14 @@ def test_hidden_linears_have_a_bias_and_the_output_one_follows_the_reference(met
         *hidden, output = linears(getattr(built, name))
         assert hidden and all(layer.bias is not None for layer in hidden), name
         assert (output.bias is not None) is output_bias, name
+
+
+def test_predictor_hidden_0_is_byol_without_its_predictor() -> None:
+    """BYOL's ablation (Table 5): the online projection itself regresses the target's; the claims page trains it."""
+    import torch
+
+    method = build_method(resolve_config("fmnist-byol", [*TINY[:-1], "model.predictor_hidden=0"]), in_channels=1)
+    assert isinstance(method.predictor, nn.Identity) and not list(method.predictor.parameters())
+    views = torch.rand(2, 4, 1, 28, 28)
+    projections, predictions, _ = method.branches(views)
+    assert torch.equal(projections, predictions)

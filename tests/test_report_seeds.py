@@ -3,7 +3,6 @@ the best and the ties marked by the test, curves as mean and band, and a sweep's
 
 import json
 import math
-import shutil
 
 import numpy as np
 import pytest
@@ -60,7 +59,7 @@ def test_each_setting_gets_mean_and_std_and_only_a_spread_exceeding_difference_i
     worse = [0.850, 0.852, 0.848]
     runs = [fake_run(tmp_path, f"{name}-seed{s}", s, value, lr=lr) for name, values, lr in (("best", best, 1.0), ("tied", tied, 0.5), ("worse", worse, 0.25))
             for s, value in enumerate(values)]
-    runs.append(fake_run(tmp_path, "single-seed0", 0, 0.95, lr=0.1))  # the highest mean, one seed: best, but nothing is tested against... it
+    runs.append(fake_run(tmp_path, "single-seed0", 0, 0.95, lr=0.1))  # the highest mean, but of one seed
     scores = seed_scores(group_by_seed(runs[:-1]))
     knn = [measure.name for measure in scores.measures].index("kNN k=20")
     cells = [row[knn] for row in scores.cells]
@@ -74,9 +73,10 @@ def test_each_setting_gets_mean_and_std_and_only_a_spread_exceeding_difference_i
     assert table[2].startswith("| best | 3 | **90.50 ± 0.50** |") and table[4].startswith("| worse | 3 | 85.00 ± 0.20 |")
     assert "Welch's two-sided t-test" in markdown_table(scores)
 
-    # A single run cannot be tested: it is marked best when it is, and the others are compared with it only when it has seeds.
+    # A single run is not tested and cannot anchor the test: the best stays the best of the settings with seeds.
     cells = [row[knn] for row in seed_scores(group_by_seed(runs)).cells]
-    assert cells[-1].best and all(c.p_value is None and not c.tied for c in cells[:-1])
+    assert [(c.best, c.tied) for c in cells] == [(True, False), (False, True), (False, False), (False, False)]
+    assert cells[-1].p_value is None
 
 
 def test_curves_over_seeds_are_drawn_as_mean_and_band(tmp_path):

@@ -60,7 +60,8 @@ def test_runs_train_two_at_a_time_a_failure_is_recorded_and_a_rerun_skips_what_i
     empty.mkdir()
     # An empty data.data_dir passes the config's checks, but the run finds no dataset there and fails; the others go on.
     settings = [*SWEEP_RUN, f"data.data_dir={tiny_data}|{empty}", "optim.lr=0.5,1"]
-    assert main(["sweep", "--preset", "fmnist-byol", "--seeds", "0", *settings, "--out", str(out), "--jobs", "2", "--no-report"]) == 1
+    assert main(["sweep", "--preset", "fmnist-byol", "--seeds", "0", *settings, "--out", str(out), "--jobs", "2", "--threads", "1",
+                 "--no-report"]) == 1
     printed = capsys.readouterr().out
     assert "2 at a time with 1 thread(s) each" in printed and "FAILED" in printed and "2 of 4 runs done" in printed
     records = json.loads((out / SWEEP_FILE).read_text())["runs"]
@@ -109,7 +110,6 @@ def test_an_interrupted_sweep_resumes_its_runs_from_their_checkpoints(tiny_data,
     assert "run the same `nocollapse sweep ... --out" in printed
     records = {record["name"]: record for record in json.loads((out / SWEEP_FILE).read_text())["runs"]}
     assert records["fmnist-byol-seed0"]["status"] in ("interrupted", "done")  # it may have finished before the signal came
-    assert not (out / ".sweep.lock").exists()
 
     resumed = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
@@ -123,11 +123,31 @@ def test_an_interrupted_sweep_resumes_its_runs_from_their_checkpoints(tiny_data,
 
 
 def test_a_second_sweep_into_the_same_directory_waits_for_the_first(tiny_data, tmp_path):
+    import fcntl
+
     out = tmp_path / "sweep"
     out.mkdir()
-    (out / ".sweep.lock").write_text(str(os.getpid()))  # a live process holds it
-    with pytest.raises(UserError, match=f"another sweep \\(process {os.getpid()}\\) is training in"):
-        run_sweep(plan_sweep(["fmnist-byol"], [0], fixed(tiny_data), out), out, reports=False, log=lambda *_: None)
-    (out / ".sweep.lock").write_text("999999999")  # left by a sweep that was killed: taken over
+    with (out / ".sweep.lock").open("w") as held:  # a sweep at work holds the lock and wrote its pid
+        fcntl.flock(held, fcntl.LOCK_EX)
+        held.write("4242")
+        held.flush()
+        with pytest.raises(UserError, match=r"another sweep \(process 4242\) is training in"):
+            run_sweep(plan_sweep(["fmnist-byol"], [0], fixed(tiny_data), out), out, reports=False, log=lambda *_: None)
+    # The file of a sweep that has ended (killed or not) holds no lock: the next sweep takes it.
     sweep = run_sweep(plan_sweep(["fmnist-byol"], [0], fixed(tiny_data), out), out, reports=False, log=lambda *_: None)
     assert [status.status for status in sweep.status.values()] == ["done"]
+
+
+def test_two_trainers_never_train_one_run_directory_at_once(tiny_data, tmp_path):
+    import fcntl
+
+    from nocollapse.config import resolve_config
+    from nocollapse.train.loop import Trainer
+
+    config = resolve_config("fmnist-byol", [*fixed(tiny_data), f"run.out_dir={tmp_path}", "run.name=busy"])
+    trainer = Trainer(config, progress=False, log=lambda *_: None)
+    with (tmp_path / "busy" / ".training.lock").open("w") as held:  # an orphaned run of a killed sweep, still training
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(UserError, match="another process is training in"):
+            trainer.fit()
+    assert trainer.fit() == tmp_path / "busy"

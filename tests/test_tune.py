@@ -4,6 +4,7 @@ server runs: .ci/run starts one and sets NOCOLLAPSE_TEST_POSTGRES)."""
 
 import json
 import os
+from pathlib import Path
 import subprocess
 import sys
 
@@ -118,7 +119,9 @@ def two_processes_share_one_study(tiny_data, out, storage):
     finished = [t for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
     assert len(finished) >= 4 and len({t.number for t in study.trials}) == len(study.trials)
     assert all(sum(f"trial {t.number}:" in output for output in outputs) == 1 for t in finished)  # each trial ran in one process
-    assert all((out / f"trial{t.number:03d}" / "config.json").is_file() for t in finished)
+    # A study not named after OUT prefixes its trial directories with its name: two studies can share one OUT.
+    assert all(Path(t.user_attrs["run_dir"]) == out / f"shared-trial{t.number:03d}" for t in finished)
+    assert all((out / f"shared-trial{t.number:03d}" / "config.json").is_file() for t in finished)
 
 
 def test_two_processes_share_one_sqlite_study(tiny_data, tmp_path):

@@ -35,6 +35,7 @@ EXAMPLES = """examples:
   nocollapse train --config my.toml                 settings from a file (`nocollapse config --save my.toml` writes one)
   nocollapse tune --preset fmnist-byol --trials 20 --budget-epochs 2 --out tune/
                                                     search the recipe with Optuna (pruned trials, best.toml to train)
+  nocollapse claims --quick --out claims/           each seed paper's claim in miniature, with a verdict (30 min)
   nocollapse config --preset cifar10                every setting of a preset, with what it does
   nocollapse download fashion-mnist --to data/      fetch the official files (SHA-256 verified)
 """
@@ -127,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sweep.add_argument("settings", nargs="*", metavar="key=v1,v2", help="values to sweep (or one value to fix); a key that takes a list "
                                                                          "(augment.crop_scale) separates its values with |")
-    sweep.add_argument("--preset", default="fmnist", help="one or more presets, comma-separated (default: fmnist)")
+    sweep.add_argument("--preset", help="one or more presets, comma-separated (default: the --config file's, else fmnist)")
     sweep.add_argument("--seeds", default="0", help="comma-separated run.seed values (default: 0)")
     sweep.add_argument("--out", required=True, type=Path, help="the sweep's directory: its runs, sweep.json and logs/")
     sweep.add_argument("--config", type=Path, metavar="FILE", help="start every run from this TOML or JSON config file")
@@ -147,11 +148,11 @@ def build_parser() -> argparse.ArgumentParser:
                                epilog="examples:\n"
                                       "  nocollapse tune --preset fmnist-byol --trials 20 --budget-epochs 2 --out tune/fmnist\n"
                                       "  nocollapse tune --preset folder-96 data.data_dir=photos/ --trials 30 --budget-epochs 5 --out tune/photos \\\n"
-                                      "      --space optim.lr=0.05:2:log --space model.backbone=resnet18|convnet\n"
+                                      "      --space optim.lr=0.05:2:log --space 'model.backbone=resnet18|convnet'\n"
                                       "  nocollapse tune ... --storage postgresql://user@host/db   (processes on many machines, one study)",
                                formatter_class=argparse.RawDescriptionHelpFormatter)
     tune.add_argument("overrides", nargs="*", metavar="key=value", help="fixed settings for every trial (a key given here is not searched)")
-    tune.add_argument("--preset", default="fmnist", choices=sorted(PRESETS), help="the recipe to start from (default: fmnist)")
+    tune.add_argument("--preset", choices=sorted(PRESETS), help="the recipe to start from (default: the --config file's, else fmnist)")
     tune.add_argument("--config", type=Path, metavar="FILE", help="start from a TOML or JSON config file")
     tune.add_argument("--trials", type=int, required=True, help="finished trials (complete or pruned) the study should hold")
     tune.add_argument("--budget-epochs", type=int, required=True, help="epochs of each trial")
@@ -164,6 +165,19 @@ def build_parser() -> argparse.ArgumentParser:
                                         "processes and machines share the study")
     tune.add_argument("--study", help="the study's name in the storage (default: the name of OUT)")
     tune.add_argument("--seed", type=int, default=0, help="this process's sampler seed (give each process sharing a study its own)")
+
+    claims = commands.add_parser("claims", help="reproduce each seed paper's headline claim in miniature, with a verdict page",
+                                 description="Trains what each claim needs (as a resumable sweep in OUT/runs), then writes OUT/index.html: "
+                                             "per claim its verdict (holds, does not hold, or inside the seed spread by Welch's t-test), "
+                                             "the figures behind it and the commands that produced them. --quick: 2 seeds at a quarter of "
+                                             "the presets' budgets, kNN only (about 30 minutes on 2 CPU cores with bf16 units); without it: "
+                                             "3 seeds at their own budgets (some 4 hours there).")
+    claims.add_argument("overrides", nargs="*", metavar="key=value", help="settings for every run (e.g. data.data_dir=DIR, run.device=cuda)")
+    claims.add_argument("--out", required=True, type=Path, help="the page, claims.json and the runs")
+    claims.add_argument("--quick", action="store_true", help="2 seeds, a quarter of each budget, kNN only")
+    claims.add_argument("--jobs", type=int, default=1, help="runs at once (the CPU threads split between them)")
+    claims.add_argument("--only", help="comma-separated claims to check (byol-collapse, wmse-views, msbreg-terms, uniformity-remedies, "
+                                       "kernel-family); default: all")
 
     config = commands.add_parser("config", help="print every setting of a preset with what it does")
     config.add_argument("overrides", nargs="*", metavar="key=value")
@@ -326,7 +340,7 @@ def run_config(args: argparse.Namespace) -> None:
 def run_sweep(args: argparse.Namespace) -> int:
     from nocollapse.sweep import Sweep, plan_sweep, run_sweep as train_sweep
 
-    presets = [name.strip() for name in args.preset.split(",") if name.strip()]
+    presets = [name.strip() for name in (args.preset or "").split(",") if name.strip()]
     try:
         seeds = [int(seed) for seed in args.seeds.split(",") if seed.strip()]
     except ValueError:
@@ -349,6 +363,13 @@ def run_tune(args: argparse.Namespace) -> None:
          storage=args.storage, study_name=args.study, objective=args.objective, seed=args.seed, config_file=args.config)
 
 
+def run_claims(args: argparse.Namespace) -> None:
+    from nocollapse.claims import check_claims
+
+    only = [key.strip() for key in (args.only or "").split(",") if key.strip()]
+    check_claims(args.out, quick=args.quick, jobs=args.jobs, overrides=args.overrides, only=only)
+
+
 def run_download(args: argparse.Namespace) -> None:
     from nocollapse.data import download_dataset
 
@@ -368,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    handlers = {"train": run_train, "eval": run_eval, "embed": run_embed, "export": run_export, "report": run_report, "sweep": run_sweep, "tune": run_tune,
+    handlers = {"train": run_train, "eval": run_eval, "embed": run_embed, "export": run_export, "report": run_report, "sweep": run_sweep, "tune": run_tune, "claims": run_claims,
                 "config": run_config, "download": run_download}
     try:
         status = handlers[args.command](args)

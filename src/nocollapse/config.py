@@ -44,7 +44,7 @@ class ModelConfig:
     zero_init_residual: bool = False  # resnets: zero each residual block's last BN scale, so blocks start as their shortcut (off in torchvision, solo-learn's CIFAR recipes and BYOL's ResNet-18; SFRIK's code turns it on; may help very large batches)
     projector_hidden: int = 1024  # BYOL uses 4096 on ImageNet; a quarter is plenty for small encoders
     projection_dim: int = 128  # BYOL uses 256
-    predictor_hidden: int = 1024  # BYOL predictor hidden width (d → h → d)
+    predictor_hidden: int = 1024  # BYOL predictor hidden width (d → h → d); 0: no predictor, BYOL's ablation that collapses
     init_from: str | None = None  # start the encoder from trained weights: a run directory, an encoder.safetensors, or a state dict (.pt); none: random
 
 
@@ -295,6 +295,33 @@ def key_type(key: str) -> Any:
     return _field_type(target, name)
 
 
+def key_arity(key: str) -> int | None:
+    """How many values a key takes: None for one, 0 for any number (``eval.knn_k``), n for exactly n (``augment.crop_scale``: 2)."""
+    annotation = key_type(key)
+    tuples = [a for a in (typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, types.UnionType) else (annotation,))
+              if typing.get_origin(a) is tuple]
+    if not tuples:
+        return None
+    args = typing.get_args(tuples[0])
+    return 0 if Ellipsis in args else len(args)
+
+
+def key_item_type(key: str) -> type:
+    """The type of a key's values (``float`` for ``augment.crop_scale``; ``str`` for ``data.data_dir``, which may be none)."""
+    annotation = key_type(key)
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
+    return typing.get_args(annotation)[0] if typing.get_origin(annotation) is tuple else annotation
+
+
+def get_value(config: Config, key: str) -> Any:
+    """The value of a dotted key in ``config``."""
+    target: Any = config
+    for part in key.split("."):
+        target = getattr(target, part)
+    return target
+
+
 def _field_type(section: Any, name: str) -> Any:
     return _type_hints(type(section))[name]
 
@@ -463,7 +490,7 @@ RULES: dict[str, Rule] = {
     "model.init_from": ((lambda v: v is None or _path(v)), "a run directory, an encoder.safetensors or a .pt state dict (path without NUL bytes), or none"),
     "model.projector_hidden": integer(1),
     "model.projection_dim": integer(1),
-    "model.predictor_hidden": integer(1),
+    "model.predictor_hidden": integer(0, note=" (0: no predictor)"),
     "method.byol.ema_base": real(0, 1),
     "method.wmse.w_size": integer(2, note=" (and above model.projection_dim)"),
     "method.wmse.w_iter": integer(1),

@@ -16,6 +16,7 @@ from typing import Any
 
 from nocollapse.config import PRESETS, Config, field_comments, flatten, resolve_config, set_value, split_overrides, validate
 from nocollapse.errors import UserError
+from nocollapse.train.checkpoint import atomic_write_bytes
 
 SUFFIXES = (".toml", ".json")
 
@@ -74,7 +75,10 @@ def config_from_file(path: str | Path, preset: str | None = None, overrides: lis
             raise UserError(f"--config {path}: {error}") from None
     for key, value in split_overrides(overrides or []):
         set_value(config, key, value)
-    validate(config)
+    try:
+        validate(config)
+    except UserError as error:
+        raise UserError(f"{error} (settings from --config {path} and the command line)") from None
     return config
 
 
@@ -88,8 +92,7 @@ def write_config_file(config: Config, path: str | Path, *, force: bool = False) 
         raise UserError(f"--save {path}: the file exists; pass --force to overwrite it")
     values = config.to_dict()
     text = toml_text(values) if path.suffix == ".toml" else json.dumps(_without_none(values), indent=2) + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
+    atomic_write_bytes(path, lambda file: file.write(text.encode("utf-8")))  # processes may write one file at once (tune's best.toml)
     return path
 
 
@@ -129,7 +132,7 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, float):
         return ("inf" if value > 0 else "-inf") if math.isinf(value) else "nan" if math.isnan(value) else repr(value)
     if isinstance(value, str):
-        return json.dumps(value)  # a JSON string is a TOML basic string: the same quotes and escapes
+        return json.dumps(value, ensure_ascii=False)  # a TOML basic string; UTF-8 as it is (TOML has no surrogate-pair escapes)
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_toml_value(item) for item in value) + "]"
     raise TypeError(f"no TOML form for {value!r}")  # a new config field of a type this writer does not know: a bug

@@ -29,16 +29,15 @@ class NonFiniteStep(RuntimeError):
 class TrainingStopped(Exception):
     """Training stopped on request (SIGTERM, Ctrl-C) at a step boundary, after saving a checkpoint there."""
 
-    def __init__(self, signal_name: str, step: int, run_dir: object) -> None:
+    def __init__(self, signal_name: str, step: int | None, run_dir: object) -> None:
         super().__init__(f"{signal_name} received: stopped after step {step} and saved a checkpoint in {run_dir}; "
                          "continue with `nocollapse train --resume` and the same run.name")
         self.signal_name, self.step = signal_name, step
 
 
-class SweepStopped(TrainingStopped):
-    """A sweep stopped on request after its running trainings saved their checkpoints."""
+class RunsStopped(TrainingStopped):
+    """A command that trains several runs (sweep, tune, claims) stopped on request; its running trainings saved checkpoints."""
 
-    def __init__(self, signal_name: str, out: object) -> None:
-        Exception.__init__(self, f"{signal_name} received: the running runs stopped at a step boundary, each with a checkpoint; "
-                                 f"run the same `nocollapse sweep ... --out {out}` to continue")
-        self.signal_name, self.step = signal_name, 0
+    def __init__(self, signal_name: str, again: str) -> None:
+        Exception.__init__(self, f"{signal_name} received: the running trainings stopped at a step boundary; {again}")
+        self.signal_name, self.step = signal_name, None

@@ -19,14 +19,13 @@ import re
 import subprocess
 import sys
 import time
-import typing
 from dataclasses import dataclass
 from pathlib import Path
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from nocollapse.config import Config, key_type, resolve_config, split_overrides
-from nocollapse.errors import SweepStopped, UserError
+from nocollapse.config import Config, key_arity, resolve_config, split_overrides
+from nocollapse.errors import RunsStopped, UserError
 from nocollapse.train.checkpoint import save_json
 from nocollapse.train.loop import CHECKPOINT, changed_training_keys, load_run_config, run_directory
 from nocollapse.train.signals import GracefulStop
@@ -65,17 +64,9 @@ class SweepRun:
 def alternatives(key: str, text: str) -> list[str]:
     """The values ``text`` lists for ``key``: ``|`` separates them always, ``,`` too for a key of one value
     (``optim.lr=0.5,1``); a key that takes a list keeps its commas (``augment.crop_scale=0.2,1|0.8,1``)."""
-    if typing_is_tuple(key_type(key)):
+    if key_arity(key) is not None:
         return [value.strip() for value in text.split("|")]
     return [value.strip() for value in re.split(r"[|,]", text)]
-
-
-def typing_is_tuple(annotation: Any) -> bool:
-    """Whether a field takes a list of values: ``tuple[...]``, or ``tuple[...] | None``."""
-    origin = typing.get_origin(annotation)
-    if origin is not None and origin is not tuple:  # X | None
-        return any(typing_is_tuple(arg) for arg in typing.get_args(annotation))
-    return origin is tuple
 
 
 def _name_part(text: str) -> str:
@@ -85,12 +76,16 @@ def _name_part(text: str) -> str:
 
 def plan_sweep(presets: list[str], seeds: list[int], settings: list[str], out: Path | str, *,
                config_file: str | Path | None = None) -> list[SweepRun]:
-    """The runs of the grid ``presets`` × each setting's values × ``seeds``, in that order (seeds innermost),
+    """The runs of the grid ``presets`` (none: the config file's, else fmnist) × each setting's values × ``seeds``, in that order (seeds innermost),
     all validated. Names follow ``nocollapse train``'s (``<preset>-<method>-seed<seed>``) with each varied
     key's value before the seed: ``fmnist-byol-lr=0.5-seed1``."""
     out = Path(out)
-    if not presets or not seeds:
-        raise UserError("a sweep needs at least one preset and one seed (--preset P[,P2...] --seeds 0[,1,...])")
+    if not presets:  # the config file's preset, as `nocollapse train --config FILE` takes it
+        from nocollapse.config_file import read_config_file
+
+        presets = [(read_config_file(config_file)[0] if config_file else None) or "fmnist"]
+    if not seeds:
+        raise UserError("a sweep needs at least one seed (--seeds 0[,1,...])")
     if len(set(seeds)) != len(seeds) or len(set(presets)) != len(presets):
         raise UserError(f"--preset and --seeds list each value once (got presets {presets}, seeds {seeds})")
     axes: list[tuple[str, list[str]]] = []
@@ -187,7 +182,7 @@ def run_sweep(runs: list[SweepRun], out: Path | str, *, jobs: int = 1, threads: 
 
     A run is a ``nocollapse train`` process (its output in OUT/logs/NAME.log); one with a checkpoint is resumed.
     SIGTERM or Ctrl-C stops the running ones at their next step boundary (each saves a checkpoint) and raises
-    :class:`~nocollapse.errors.SweepStopped`; the same call later continues where they stopped."""
+    :class:`~nocollapse.errors.RunsStopped`; the same call later continues where they stopped."""
     out = Path(out)
     if jobs < 1:
         raise UserError(f"--jobs {jobs}: must be at least 1")
@@ -209,8 +204,9 @@ def run_sweep(runs: list[SweepRun], out: Path | str, *, jobs: int = 1, threads: 
         log_file = (out / LOG_DIR / f"{run.name}.log").open("a", encoding="utf-8")
         log_file.write(f"\n# {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(command)}\n")
         log_file.flush()
-        # Its own session: a Ctrl-C in the terminal reaches the sweep, which stops the runs in order.
-        process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=environment, start_new_session=True)
+        # In the sweep's process group: a Ctrl-C or a hang-up of the terminal reaches the runs too (each stops at a step
+        # boundary); a run left behind by a sweep killed outright holds its directory's lock until it ends (Trainer.fit).
+        process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=environment)
         running[run.name] = (process, time.perf_counter(), log_file)
         record = sweep.status[run.name]
         record.status, record.attempts = "running", record.attempts + 1
@@ -239,21 +235,28 @@ def run_sweep(runs: list[SweepRun], out: Path | str, *, jobs: int = 1, threads: 
             log(f"[{finished}/{len(runs)}] FAILED {name} (exit {process.returncode}) after {_duration(seconds)}:\n{_indent(record.error)}")
         sweep.save()
 
+    def stop_all() -> None:
+        for process, _, _ in running.values():
+            process.terminate()  # SIGTERM: each run finishes its step and saves a checkpoint
+        for name in list(running):
+            running[name][0].wait()
+            reap(name, stopped=True)
+
     queue = list(todo)
     with _only_sweep_in(out), GracefulStop() as stop:
-        while queue or running:
-            while queue and len(running) < jobs and stop.requested is None:
-                start(queue.pop(0))
-            if stop.requested is not None:
-                for process, _, _ in running.values():
-                    process.terminate()  # SIGTERM: each run finishes its step and saves a checkpoint
-                for name in list(running):
-                    running[name][0].wait()
-                    reap(name, stopped=True)
-                raise SweepStopped(stop.requested, out)
-            time.sleep(poll_seconds)
-            for name in [name for name, (process, _, _) in running.items() if process.poll() is not None]:
-                reap(name)
+        try:
+            while queue or running:
+                while queue and len(running) < jobs and stop.requested is None:
+                    start(queue.pop(0))
+                if stop.requested is not None:
+                    stop_all()
+                    raise RunsStopped(stop.requested, f"each saved a checkpoint; run the same `nocollapse sweep ... --out {out}` to continue")
+                time.sleep(poll_seconds)
+                for name in [name for name, (process, _, _) in running.items() if process.poll() is not None]:
+                    reap(name)
+        except BaseException:  # a fault of the sweep itself (a full disk, a second Ctrl-C): its runs must not train on unwatched
+            stop_all()
+            raise
     failed = [run.name for run in runs if sweep.status[run.name].status == "failed"]
     log(f"sweep {out}: {len(runs) - len(failed)} of {len(runs)} runs done" + (f"; failed: {', '.join(failed)} (logs in {out / LOG_DIR})" if failed else "")
         + f"; compare them with `nocollapse report {out} --out {out / 'report'}`")
@@ -262,32 +265,29 @@ def run_sweep(runs: list[SweepRun], out: Path | str, *, jobs: int = 1, threads: 
 
 @contextlib.contextmanager
 def _only_sweep_in(out: Path) -> Iterator[None]:
-    """Hold OUT/.sweep.lock while training: two sweeps in one directory would train the same runs twice."""
-    lock = out / LOCK_FILE
+    """Hold an exclusive lock on OUT/.sweep.lock while training (two sweeps in one directory would train the same runs
+    twice); the operating system releases it when the sweep's process ends, however it ends. Without ``fcntl``
+    (Windows) the directory is not locked."""
     try:
-        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-    except FileExistsError:
-        holder = lock.read_text().strip() if lock.is_file() else ""
-        if holder.isdigit() and _alive(int(holder)):
-            raise UserError(f"another sweep (process {holder}) is training in {out}; wait for it, or stop it first") from None
-        lock.unlink(missing_ok=True)  # left by a sweep that was killed
-        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-    with os.fdopen(fd, "w") as file:
-        file.write(str(os.getpid()))
-    try:
+        import fcntl
+    except ModuleNotFoundError:
         yield
-    finally:
-        lock.unlink(missing_ok=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        return True
-    return True
+        return
+    with (out / LOCK_FILE).open("a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "?"
+            raise UserError(f"another sweep (process {holder}) is training in {out}; wait for it, or stop it first") from None
+        lock.seek(0)
+        lock.truncate()
+        lock.write(str(os.getpid()))
+        lock.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def _scores(run_dir: Path) -> str:

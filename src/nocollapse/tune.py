@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from nocollapse.config import RULES, Config, key_type, resolve_config, set_value, split_overrides
+from nocollapse.config import RULES, Config, get_value, key_arity, key_item_type, key_type, resolve_config, set_value, split_overrides
 from nocollapse.errors import UserError
 from nocollapse.methods import REGULARIZERS
 from nocollapse.rules import first_violation
@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 INSTALL_HINT = "pip install 'nocollapse[tune]'"
 BEST_FILE = "best.toml"
 OBJECTIVES = ("auto", "knn", "rankme")
+MAX_FAILURES_IN_A_ROW = 3  # failed trials in a row (a bad region of the space, a broken set-up) before the study stops
 
 
 @dataclass(frozen=True)
@@ -52,45 +53,21 @@ class Dimension:
         """The trial's value of this setting (for a pair's range, its first number)."""
         if self.choices:
             return trial.suggest_categorical(self.key, list(self.choices))
-        if _item_type(self.key) is int:
+        if key_item_type(self.key) is int:
             return trial.suggest_int(self.key, int(self.low), int(self.high), log=self.log)
         return trial.suggest_float(self.key, self.low, self.high, log=self.log)
 
     def override(self, value: Any, base: Config) -> str:
         """``KEY=VALUE`` of a value :meth:`suggest` gave; a pair's second number is ``base``'s."""
-        if _is_pair(self.key) and not self.choices:
-            return f"{self.key}={value},{_get(base, self.key)[1]}"
+        if key_arity(self.key) == 2 and not self.choices:
+            return f"{self.key}={value},{get_value(base, self.key)[1]}"
         return f"{self.key}={value}"
 
     def describe(self) -> str:
         if self.choices:
             return f"{self.key} ∈ {{{', '.join(self.choices)}}}"
-        first = " (its first number)" if _is_pair(self.key) else ""
+        first = " (its first number)" if key_arity(self.key) == 2 else ""
         return f"{self.key}{first} ∈ [{self.low:g}, {self.high:g}]{' log' if self.log else ''}"
-
-
-def _get(config: Config, key: str) -> Any:
-    target: Any = config
-    for part in key.split("."):
-        target = getattr(target, part)
-    return target
-
-
-def _is_pair(key: str) -> bool:
-    import typing
-
-    annotation = key_type(key)
-    return typing.get_origin(annotation) is tuple and len(typing.get_args(annotation)) == 2 and Ellipsis not in typing.get_args(annotation)
-
-
-def _item_type(key: str) -> type:
-    import typing
-
-    annotation = key_type(key)
-    args = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
-    if typing.get_origin(annotation) is tuple:
-        return args[0]
-    return args[0] if args and typing.get_origin(annotation) is not None else annotation
 
 
 def default_space(config: Config) -> list[Dimension]:
@@ -130,7 +107,7 @@ def parse_space(entries: Sequence[str], base: list[Dimension]) -> list[Dimension
             for choice in choices:  # each must be a valid value of the key
                 config = Config()
                 set_value(config, key, choice)
-                if violation := first_violation({key: _get(config, key)}, RULES, prefix="--space "):
+                if violation := first_violation({key: get_value(config, key)}, RULES, prefix="--space "):
                     raise UserError(violation)
             space[key] = Dimension(key, choices=choices)
             continue
@@ -142,7 +119,7 @@ def parse_space(entries: Sequence[str], base: list[Dimension]) -> list[Dimension
         log = len(parts) == 3 and parts[2] == "log"
         if len(parts) > 3 or (len(parts) == 3 and not log) or not (math.isfinite(low) and math.isfinite(high) and low < high) or (log and low <= 0):
             raise UserError(f"--space {key}={text!r}: must be LOW:HIGH[:log] with LOW < HIGH (and LOW > 0 for log)")
-        if _item_type(key) not in (int, float):
+        if key_item_type(key) not in (int, float):
             raise UserError(f"--space {key}={text!r}: a range needs a numeric key; give choices A|B|C instead")
         space[key] = Dimension(key, low, high, log=log)
     if not space:
@@ -172,21 +149,26 @@ def final_value(evaluation: dict[str, Any], objective: str, k: int) -> float:
     return row["knn"][str(k)] if objective == "knn" else row["geometry"]["rankme"]
 
 
-def tune(preset: str, out: Path | str, *, trials: int, budget_epochs: int, overrides: Sequence[str] = (), space: Sequence[str] = (),
+def tune(preset: str | None, out: Path | str, *, trials: int, budget_epochs: int, overrides: Sequence[str] = (), space: Sequence[str] = (),
          storage: str | None = None, study_name: str | None = None, objective: str = "auto", seed: int = 0,
          config_file: str | Path | None = None, pruner: optuna.pruners.BasePruner | None = None,
          log: Callable[[str], object] = print) -> optuna.Study:
     """Run trials until the study holds ``trials`` finished ones (complete or pruned), write ``OUT/best.toml``, and
-    return the study. ``seed`` seeds this process's sampler: processes sharing a study should each take their own."""
+    return the study. ``preset`` None: the config file's, else fmnist. ``seed`` seeds this process's sampler: processes
+    sharing a study should each take their own."""
     optuna = _optuna()
+    if preset is None:
+        from nocollapse.config_file import read_config_file
+
+        preset = (read_config_file(config_file)[0] if config_file else None) or "fmnist"
     out = Path(out)
     if trials < 1 or budget_epochs < 1:
         raise UserError(f"--trials {trials} and --budget-epochs {budget_epochs}: both must be at least 1")
     if objective not in OBJECTIVES:
         raise UserError(f"--objective {objective!r}: must be one of {', '.join(OBJECTIVES)}")
     budget = [f"optim.epochs={budget_epochs}"]
-    if _resolve(preset, list(overrides), config_file).optim.warmup_epochs > budget_epochs:
-        budget.append(f"optim.warmup_epochs={budget_epochs / 4:g}")  # the preset's warm-up does not fit the short budget
+    if _resolve(preset, list(overrides), config_file).optim.warmup_epochs >= budget_epochs:
+        budget.append(f"optim.warmup_epochs={budget_epochs / 4:g}")  # the preset's warm-up would fill the short budget
     # Trials are scored by the objective alone: no baselines, no linear probe (either back with eval.*=true).
     fixed = [f"run.out_dir={out}", "eval.baselines=false", "eval.linear_probe=false", *overrides, *budget]
     base = _resolve(preset, fixed, config_file)
@@ -198,9 +180,16 @@ def tune(preset: str, out: Path | str, *, trials: int, budget_epochs: int, overr
     backend = _open_storage(optuna, url)
     study = optuna.create_study(storage=backend, study_name=study_name or out.resolve().name, direction="maximize", load_if_exists=True,
                                 sampler=optuna.samplers.TPESampler(seed=seed), pruner=pruner or optuna.pruners.MedianPruner(n_startup_trials=3))
-    chosen = study.user_attrs.get("objective") or _choose_objective(objective, base)
+    chosen = _choose_objective(objective, base)
+    if study.user_attrs.get("objective", chosen) != chosen:
+        raise UserError(f"study {study.study_name} maximises {OBJECTIVE_NAMES[study.user_attrs['objective']]}, not {OBJECTIVE_NAMES[chosen]}; "
+                        "tune with the same --objective and data, or start another --study")
     study.set_user_attr("objective", chosen)
-    study.set_user_attr("preset", preset)
+    # Trial directories are named by the study's trial numbers: another study's in the same OUT would clash with them.
+    prefix = "" if study.study_name == out.resolve().name else f"{study.study_name}-"
+    if not study.trials and any(out.glob(f"{prefix}trial[0-9][0-9][0-9]*")):
+        raise UserError(f"{out} holds trial directories of another study ({prefix}trial000, ...) but study {study.study_name} has no "
+                        "trials: tune into another --out, or remove them")
     log(f"tune {study.study_name} ({url}): {preset} for {budget_epochs} epoch(s) a trial, until {trials} finished trial(s); "
         f"objective {OBJECTIVE_NAMES[chosen]}; searching " + "; ".join(d.describe() for d in dimensions))
     k = min(base.eval.knn_k)
@@ -209,16 +198,20 @@ def tune(preset: str, out: Path | str, *, trials: int, budget_epochs: int, overr
         from nocollapse.train.evaluation import evaluate_run
         from nocollapse.train.loop import Trainer
 
-        name = f"trial{trial.number:03d}"
-        chosen_values = [dimension.override(dimension.suggest(trial), base) for dimension in dimensions]
-        config = _resolve(preset, [*fixed, *chosen_values, f"run.name={name}"], config_file)
+        name = f"{prefix}trial{trial.number:03d}"
+        searched = [dimension.override(dimension.suggest(trial), base) for dimension in dimensions]
+        config = _resolve(preset, [*fixed, *searched, f"run.name={name}"], config_file)
+        # What best.toml is written from: the trial's own settings, whichever process (and --space) ran it.
         trial.set_user_attr("run_dir", str(out / name))
+        trial.set_user_attr("settings", {"preset": preset, "overrides": [*overrides, *budget, *searched],
+                                         "config_file": str(config_file) if config_file else None})
 
         def report(record: dict[str, Any]) -> None:
             value = monitor_value(record, chosen)
             if value is not None:
                 trial.report(value, step=round(record["epoch"]))
-                if trial.should_prune():
+                # Never at the last epoch: the trial has cost its whole budget by then, its evaluation is worth having.
+                if round(record["epoch"]) < budget_epochs and trial.should_prune():
                     raise optuna.TrialPruned(f"pruned after epoch {record['epoch']:g} at {value:.4g}")
 
         trainer = Trainer(config, progress=False, log=lambda *_: None, on_monitor=report)
@@ -232,20 +225,30 @@ def tune(preset: str, out: Path | str, *, trials: int, budget_epochs: int, overr
         best = _best(study)
         log(f"trial {trial.number}: {shown} → {outcome}" + (f"  (best: trial {best.number}, {_shown(best.value, chosen)})" if best else ""))
 
-    from nocollapse.errors import CollapseError, NonFiniteStep
+    from nocollapse.errors import CollapseError, NonFiniteStep, RunsStopped, TrainingStopped
 
     states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-    study.optimize(run_trial, callbacks=[optuna.study.MaxTrialsCallback(trials, states=states), said],
-                   catch=(UserError, CollapseError, NonFiniteStep),
-                   n_trials=max(0, trials - len(study.get_trials(deepcopy=False, states=states))))
+    finished = lambda: len(study.get_trials(deepcopy=False, states=states))  # noqa: E731
+    failures_in_a_row = 0
+    while finished() < trials and failures_in_a_row < MAX_FAILURES_IN_A_ROW:  # a failed trial does not count towards --trials
+        before = finished()
+        try:
+            study.optimize(run_trial, n_trials=1, callbacks=[optuna.study.MaxTrialsCallback(trials, states=states), said],
+                           catch=(UserError, CollapseError, NonFiniteStep))
+        except TrainingStopped as stop:
+            raise RunsStopped(stop.signal_name, f"the trial in progress is marked failed; run the same `nocollapse tune ... --out {out}` "
+                                                f"to go on (its finished trials are kept)") from None
+        failures_in_a_row = 0 if finished() > before else failures_in_a_row + 1
+    if failures_in_a_row >= MAX_FAILURES_IN_A_ROW:
+        log(f"tune: {failures_in_a_row} trials in a row failed; stopping (their run directories under {out} hold their logs)")
     best = _best(study)
     if best is None:
         raise UserError(f"no trial of {study.study_name} finished; the trials' logs are in their run directories under {out}")
     from nocollapse.config_file import write_config_file
 
-    # The best trial's settings on the preset, at the tuning budget (the warm-up too), named and placed by `train`.
-    searched = [d.override(best.params[d.key], base) for d in dimensions if d.key in best.params]
-    best_config = _resolve(preset, [*overrides, *budget, *searched], config_file)
+    # The best trial's own settings at the tuning budget (the warm-up too), without what placed and scored it as a trial.
+    settings = best.user_attrs["settings"]
+    best_config = _resolve(settings["preset"], settings["overrides"], settings["config_file"])
     path = write_config_file(best_config, out / BEST_FILE, force=True)
     log(f"best: trial {best.number} ({best.user_attrs.get('run_dir')}), {_shown(best.value, chosen)}; its settings in {path}: "
         f"`nocollapse train --config {path}` (add optim.epochs=N to train it longer)")
@@ -269,8 +272,9 @@ def _open_storage(optuna: Any, url: str, attempts: int = 5) -> Any:
         except Exception as error:  # noqa: BLE001 - a bad URL, a missing driver, a server that does not answer
             problem = error
             break
-    raise UserError(f"--storage {url}: cannot open it ({type(problem).__name__}: {str(problem).splitlines()[0]}); for PostgreSQL "
-                    "install 'psycopg[binary]', for MySQL pymysql")
+    driver = isinstance(problem, ImportError) or isinstance(problem.__cause__, ImportError)
+    hint = "; for PostgreSQL install 'psycopg[binary]', for MySQL pymysql" if driver else ""
+    raise UserError(f"--storage {url}: cannot open it ({type(problem).__name__}: {str(problem).splitlines()[0]}){hint}")
 
 
 OBJECTIVE_NAMES = {"knn": "final kNN top-1", "rankme": "RankMe of the features (label-free: the data has no labelled train/ and test/ splits)"}
@@ -298,10 +302,13 @@ def _resolve(preset: str, overrides: list[str], config_file: str | Path | None) 
 
 
 def _choose_objective(objective: str, config: Config) -> str:
-    """``auto``: kNN where the dataset has labelled train and test splits, else RankMe."""
-    if objective != "auto":
-        return objective
+    """``auto``: kNN where the dataset has labelled train and test splits, else RankMe; kNN on data without them is refused."""
     from nocollapse.data.registry import dataset_splits
 
-    splits = dataset_splits(config.data.dataset, config.data.data_dir)
-    return "knn" if {"train", "test"} <= set(splits) else "rankme"
+    labelled = {"train", "test"} <= set(dataset_splits(config.data.dataset, config.data.data_dir))
+    if objective == "knn" and not labelled:
+        raise UserError(f"--objective knn needs labelled train/ and test/ splits, which {config.data.data_dir or config.data.dataset} "
+                        "has not; tune on --objective rankme (label-free)")
+    if objective != "auto":
+        return objective
+    return "knn" if labelled else "rankme"

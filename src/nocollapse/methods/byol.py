@@ -21,7 +21,8 @@ class BYOL(Method):
     Args:
         encoder: backbone mapping images to (B, encoder.output_dim) features.
         projector_hidden, projection_dim: projector ``Linear(D→h) → BN → ReLU → Linear(h→d)``.
-        predictor_hidden: predictor ``Linear(d→h) → BN → ReLU → Linear(h→d)``.
+        predictor_hidden: predictor ``Linear(d→h) → BN → ReLU → Linear(h→d)``; 0: no predictor (the identity), the
+            ablation of BYOL's Table 5 after which the representation collapses.
     """
 
     def __init__(self, encoder: nn.Module, *, projector_hidden: int = 4096, projection_dim: int = 256, predictor_hidden: int = 4096) -> None:
@@ -29,7 +30,7 @@ class BYOL(Method):
         self.encoder = encoder
         # No output bias in either head, as DeepMind's MLP (``hk.Linear(output_size, with_bias=False)``).
         self.projector = mlp(encoder.output_dim, projector_hidden, projection_dim, output_bias=False)
-        self.predictor = mlp(projection_dim, predictor_hidden, projection_dim, output_bias=False)
+        self.predictor = mlp(projection_dim, predictor_hidden, projection_dim, output_bias=False) if predictor_hidden else nn.Identity()
         self.target = EMATarget(nn.Sequential(self.encoder, self.projector))
 
     def branches(self, views: Tensor) -> tuple[Tensor, Tensor, Tensor]:

@@ -22,7 +22,7 @@ from nocollapse.config import flatten
 from nocollapse.errors import UserError
 from nocollapse.report import plots
 from nocollapse.report.runs import RunRecord, expand_run_dirs, few_label_entries, knn_key, load_runs
-from nocollapse.report.seeds import SEED_FREE_KEYS, TEST_NOTE, RunGroup, SeedScores, format_cell, group_by_seed, markdown_table, seed_scores
+from nocollapse.report.seeds import SEED_FREE_KEYS, TEST_NOTE, SeedScores, format_cell, group_by_seed, markdown_table, seed_scores
 from nocollapse.train.checkpoint import atomic_write_bytes
 from nocollapse.train.run_data import UNLABELLED_PROBE_IMAGES
 
@@ -75,7 +75,7 @@ def _cell(value: Any, digits: int = 2, scale: float = 1.0) -> str:
     return str(value)
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]], *, numeric_from: int, row_classes: Sequence[str] = (),
+def html_table(header: Sequence[str], rows: Sequence[Sequence[str]], *, numeric_from: int, row_classes: Sequence[str] = (),
            best: frozenset[tuple[int, int]] | set[tuple[int, int]] = frozenset(), table_id: str = "") -> str:
     """An HTML table of already-formatted cells; columns from ``numeric_from`` on are right-aligned."""
     head = "".join(f'<th class="num">{html.escape(h)}</th>' if i >= numeric_from else f"<th>{html.escape(h)}</th>" for i, h in enumerate(header))
@@ -139,7 +139,7 @@ def training_table(runs: Sequence[RunRecord]) -> str:
                      _cell(optim.get("batch_size"), 0), _cell(last.get("loss"), 4),
                      _cell(monitor[knn_key(monitor)], 2, 100) if monitor else "–",
                      _cell(statistics.median(speeds), 0) if speeds else "–"])
-    return _table(header, rows, numeric_from=6, table_id="training-table")
+    return html_table(header, rows, numeric_from=6, table_id="training-table")
 
 
 def differing_settings(runs: Sequence[RunRecord]) -> str:
@@ -157,7 +157,7 @@ def differing_settings(runs: Sequence[RunRecord]) -> str:
     rows = [[key] + [json.dumps(f.get(key)) if not isinstance(f.get(key), str) else f[key] for f in flat] for key in keys]
     if grouped:
         rows.insert(0, ["run.seed"] + [",".join(map(str, group.seeds)) for group in groups])
-    return "<p>Settings that differ between the runs:</p>" + _table(["setting"] + [group.label for group in groups], rows,
+    return "<p>Settings that differ between the runs:</p>" + html_table(["setting"] + [group.label for group in groups], rows,
                                                                      numeric_from=len(groups) + 1, table_id="settings-table")
 
 
@@ -167,7 +167,7 @@ def seed_table(scores: SeedScores) -> str:
     header = ["setting", "n", "seeds", *(measure.name for measure in scores.measures)]
     body = []
     for group, cells in zip(scores.groups, scores.cells):
-        row = [f"<td>{html.escape(group.label)}</td>", f'<td class="num">{len(group.runs)}</td>',
+        row = [f"<td>{html.escape(group.label)}</td>", f'<td class="num">{group.evaluated}</td>',
                f"<td>{html.escape(','.join(map(str, group.seeds)))}</td>"]
         for cell, measure in zip(cells, scores.measures):
             bold = cell is not None and (cell.best or cell.tied)
@@ -232,7 +232,7 @@ def accuracy_table(runs: Sequence[RunRecord]) -> str:
             best |= {(r, c + 4) for r in rows_of if column and values[r][c] == max(column)}
     rows = [[row["name"], labels, dataset, str(row["dim"])] + [_cell(v, 2, 100) for v in vals]
             for (row, labels, dataset, _), vals in zip(entries, values)]
-    return _table(header, rows, numeric_from=3, row_classes=["baseline" if e[3] else "" for e in entries], best=best,
+    return html_table(header, rows, numeric_from=3, row_classes=["baseline" if e[3] else "" for e in entries], best=best,
                   table_id="accuracy-table")
 
 
@@ -251,7 +251,7 @@ def few_label_table(runs: Sequence[RunRecord]) -> str:
 
     rows = [[row["name"], ", ".join(labels), dataset, scores["subset"], str(scores["labels"]), str(scores["draws"])]
             + [cell(scores["summary"], column) for column in columns] for row, labels, dataset, _, scores in entries]
-    return _table(header, rows, numeric_from=4, row_classes=["baseline" if e[3] else "" for e in entries], table_id="few-labels-table")
+    return html_table(header, rows, numeric_from=4, row_classes=["baseline" if e[3] else "" for e in entries], table_id="few-labels-table")
 
 
 def _mean_std(values: Sequence[float]) -> str:
@@ -271,7 +271,7 @@ def finetune_table(runs: Sequence[RunRecord]) -> str:
             recipes.append(f"{run.label}: {entry['recipe']}")
     if not rows:
         return ""
-    table = _table(["run", "dataset", "labels", "per draw", "draws", "steps", "pretrained", "from scratch", "gain"], rows, numeric_from=3,
+    table = html_table(["run", "dataset", "labels", "per draw", "draws", "steps", "pretrained", "from scratch", "gain"], rows, numeric_from=3,
                    table_id="finetune-table")
     return table + "".join(f'<p class="caption">{html.escape(recipe)}</p>' for recipe in dict.fromkeys(recipes))
 
@@ -287,7 +287,7 @@ def transfer_table(runs: Sequence[RunRecord]) -> str:
             + [_cell(row.get("knn", {}).get(str(k)), 2, 100) for k in ks] + [_cell(row.get("linear", {}).get("top1"), 2, 100)]
             for section, row, run in entries]
     baseline = ["baseline" if row is not section["rows"][-1] else "" for section, row, _ in entries]
-    return _table(header, rows, numeric_from=4, row_classes=baseline, table_id="transfer-table")
+    return html_table(header, rows, numeric_from=4, row_classes=baseline, table_id="transfer-table")
 
 
 def unscored_note(runs: Sequence[RunRecord]) -> str:
@@ -319,7 +319,7 @@ def geometry_table(runs: Sequence[RunRecord]) -> str:
     header = ["representation", "run", "dim", "alignment", "uniformity", "RankMe", "separability", "std"]
     rows = [[name, labels, str(g["dim"]), _cell(g.get("alignment"), 3), _cell(g["uniformity"], 3), _cell(g["rankme"], 1),
              _cell(g["separability"], 3), _cell(g["std"], 4)] for name, labels, g, _ in entries]
-    return _table(header, rows, numeric_from=2, row_classes=["baseline" if e[3] else "" for e in entries], table_id="geometry-table")
+    return html_table(header, rows, numeric_from=2, row_classes=["baseline" if e[3] else "" for e in entries], table_id="geometry-table")
 
 
 def environment_section(run: RunRecord) -> str:
@@ -335,14 +335,14 @@ def environment_section(run: RunRecord) -> str:
             resumed = event["resumed"]
             facts.append((f"resumed at step {event.get('step')}",
                           f"torch {resumed.get('torch', '?')} on {resumed.get('device', '?')}, git {resumed.get('git', '?')}"))
-    parts = [_table(["", ""], [[k, str(v)] for k, v in facts], numeric_from=2)]
+    parts = [html_table(["", ""], [[k, str(v)] for k, v in facts], numeric_from=2)]
     parts += [f'<p class="error">Training stopped at step {event.get("step")}: {html.escape(str(event["error"]))}</p>'
               for event in run.events if "error" in event]
     if run.skipped_lines:
         parts.append(f'<p class="note">{run.skipped_lines} unreadable line(s) of metrics.jsonl were skipped '
                      "(a line cut short when the run was killed).</p>")
     config_rows = [[key, json.dumps(value) if not isinstance(value, str) else value] for key, value in flatten(run.config).items()]
-    parts.append(f"<details><summary>config ({len(config_rows)} settings)</summary>{_table(['setting', 'value'], config_rows, numeric_from=2)}</details>")
+    parts.append(f"<details><summary>config ({len(config_rows)} settings)</summary>{html_table(['setting', 'value'], config_rows, numeric_from=2)}</details>")
     return f'<details open><summary>{html.escape(run.label)}</summary>{"".join(parts)}</details>'
 
 

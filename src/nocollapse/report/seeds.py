@@ -33,6 +33,11 @@ class RunGroup:
     runs: list[RunRecord]
 
     @property
+    def evaluated(self) -> int:
+        """How many of the runs have been evaluated: the n of the group's figures (a run still training has none)."""
+        return sum(1 for run in self.runs if run.trained_row())
+
+    @property
     def seeds(self) -> list[int]:
         return [_seed(run) for run in self.runs]
 
@@ -181,7 +186,9 @@ def seed_scores(groups: Sequence[RunGroup]) -> SeedScores:
             if len(present) < 2:  # nothing to compare with
                 continue
             sign = 1 if figure.higher_is_better else -1
-            best = max(present, key=lambda i: sign * scores.cells[i][column].mean)
+            # The best among the settings with a spread to test against; one seed's mean cannot anchor the test.
+            tested = [i for i in present if len(scores.cells[i][column].values) > 1] or present
+            best = max(tested, key=lambda i: sign * scores.cells[i][column].mean)
             top = scores.cells[best][column]
             top.best = True
             for i in present:
@@ -204,8 +211,9 @@ def format_cell(cell: Cell | None, figure: Measure) -> str:
     return text + (f" ± {figure.scale * cell.std:.{figure.digits}f}" if cell.std is not None else "")
 
 
-TEST_NOTE = (f"Bold: the best mean of the column, and every setting that Welch's two-sided t-test over the seeds does not tell "
-             f"apart from it (p ≥ {SIGNIFICANCE}); a setting with a single seed is not tested. Mean ± sample std over the seeds, n of them.")
+TEST_NOTE = (f"Bold: the best mean of the column among the settings with two or more seeds, and every setting that Welch's two-sided "
+             f"t-test over the seeds does not tell apart from it (p ≥ {SIGNIFICANCE}); a setting with a single seed is not tested. "
+             "Mean ± sample std over the seeds, n of them.")
 
 
 def markdown_table(scores: SeedScores) -> str:
@@ -215,5 +223,5 @@ def markdown_table(scores: SeedScores) -> str:
     for group, cells in zip(scores.groups, scores.cells):
         shown = [(f"**{format_cell(cell, figure)}**" if cell and (cell.best or cell.tied) else format_cell(cell, figure))
                  for cell, figure in zip(cells, scores.measures)]
-        lines.append("| " + " | ".join([group.label, str(len(group.runs)), *shown]) + " |")
+        lines.append("| " + " | ".join([group.label, str(group.evaluated), *shown]) + " |")
     return "\n".join(lines) + "\n\n" + (scores.untested or TEST_NOTE) + "\n"

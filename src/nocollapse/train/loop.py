@@ -15,7 +15,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -125,6 +125,29 @@ def resume_config(run_dir: Path, overrides: list[str]) -> Config:
         raise UserError(f"cannot change {', '.join(changed)} when resuming {run_dir}: only run.* (but the seed), eval.* and "
                         "data.data_dir may change; start a new run (another run.name) for other settings")
     return config
+
+
+@contextlib.contextmanager
+def _only_trainer_of(run_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on RUN_DIR/.training.lock while training: a second process resuming the same run (a sweep
+    restarted while an orphaned run still trains, two `train --resume`) would interleave its checkpoints with this one's.
+    The operating system releases the lock when the process dies, however it dies. Where there is no ``fcntl``
+    (Windows) the run is not locked."""
+    try:
+        import fcntl
+    except ModuleNotFoundError:
+        yield
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with (run_dir / ".training.lock").open("w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(f"another process is training in {run_dir}; wait for it to finish (or stop it) before resuming") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def _seeded(generator: torch.Generator, *parts: int) -> torch.Generator:
@@ -471,7 +494,8 @@ class Trainer:
     def fit(self) -> Path:
         """Train to ``optim.epochs``, then save ``encoder.pt``; returns the run directory."""
         try:
-            self._train()
+            with _only_trainer_of(self.run_dir) if self.dist.is_main else contextlib.nullcontext():
+                self._train()
         finally:
             if self.tensorboard:
                 self.tensorboard.close()
@@ -670,7 +694,8 @@ class Trainer:
             "projections": geometry_scores(project(test_features), probe_labels, views=project(view_features_)),
         }
         record["monitor_seconds"] = round(time.perf_counter() - started, 2)
-        self._write_metrics({**record, "geometry": {name: g.to_dict(spectrum=False) for name, g in geometry.items()}})
+        record["geometry"] = {name: g.to_dict(spectrum=False) for name, g in geometry.items()}
+        self._write_metrics(record)
         if self.labelled:
             self.log(f"\nepoch {self._epoch():g}: kNN top-1 (k={k}, {bank} train images) {100 * accuracy:.2f}% (monitor: {record['monitor_seconds']:.1f} s)")
         else:
@@ -679,7 +704,7 @@ class Trainer:
         self.log(f"  geometry: features {geometry['features'].summary()} | projections {geometry['projections'].summary()}")
         self._warn(self.collapse_watch.check_geometry(geometry))
         if self.on_monitor is not None:
-            self.on_monitor({**record, "geometry": {name: g.to_dict(spectrum=False) for name, g in geometry.items()}})
+            self.on_monitor(record)
 
     def _monitor_views(self, probe_images: Tensor) -> Tensor:
         """The alignment views of the monitor's probe images (:func:`positive_views`: the same at every call), kept after the
