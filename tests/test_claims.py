@@ -14,8 +14,9 @@ from nocollapse.train.loop import load_run_config
 from test_report import Page
 
 
-def run_with(tmp_path, knn=None, std=None, dim=16):
-    projections = [{"name": "byol projections", "dim": dim, "geometry": {"dim": dim, "std": std, "uniformity": -1.0}}] if std is not None else []
+def run_with(tmp_path, knn=None, std=None, dim=16, rankme=8.0):
+    geometry = {"dim": dim, "std": std, "uniformity": -1.0, "rankme": rankme}
+    projections = [{"name": "byol projections", "dim": dim, "geometry": geometry}] if std is not None else []
     rows = [{"name": "byol convnet", "dim": 16, "knn": {"20": knn} if knn is not None else {}, "geometry": {"rankme": 5.0, "separability": 1.2}}]
     return RunRecord(path=tmp_path, label="r", config={}, environment={}, evaluation={"rows": rows, "projections": projections})
 
@@ -38,6 +39,9 @@ def test_collapse_is_the_projections_spread_below_the_warning_level(tmp_path):
     assert collapse_part(spread, "it does not collapse", collapses=False).verdict == HOLDS
     mixed = collapse_part([collapsed[0], spread[0]], "it collapses", collapses=True)
     assert mixed.verdict == SPREAD and "the seeds disagree" in mixed.evidence
+    # Spread along one direction (dimensional collapse): RankMe below the warning level (2 directions here) counts too.
+    on_a_line = [run_with(tmp_path, std=0.2, rankme=1.2), run_with(tmp_path, std=0.2, rankme=1.1)]
+    assert collapse_part(on_a_line, "it collapses", collapses=True).verdict == HOLDS
 
 
 def test_the_kernel_family_identities_hold_against_their_closed_forms():
@@ -53,7 +57,10 @@ def test_every_setting_is_trained_once_for_each_seed_and_the_quick_budget_shorte
     by_name = {run.name: run for run in runs}
     assert "model.predictor_hidden=0" in by_name["byol-no-predictor-seed1"].overrides
     assert "optim.epochs=1" in by_name["byol-seed0"].overrides and "optim.epochs=2" in by_name["wmse2-seed0"].overrides
-    assert all("optim.epochs=1" not in run.overrides for run in planned_runs(claims.CLAIMS, claims.FULL))
+    full = {run.name: run for run in planned_runs(claims.CLAIMS, claims.FULL)}
+    assert all("optim.epochs=1" not in run.overrides for run in full.values())
+    # W-MSE 2 and 4 at the same steps of 256 views: 6 × 468 against 3 × 937 in full, 2 × 468 against 1 × 937 when quick.
+    assert "optim.epochs=6" in full["wmse2-seed0"].overrides and by_name["wmse4-seed0"].overrides[0] == "optim.epochs=1"
 
 
 def test_one_claim_checked_end_to_end_writes_its_verdict_its_figures_and_its_commands(tiny_data, tmp_path, capsys, monkeypatch):
@@ -68,13 +75,14 @@ def test_one_claim_checked_end_to_end_writes_its_verdict_its_figures_and_its_com
     byol = saved["claims"][0]
     assert byol["verdict"] in (HOLDS, FAILS, SPREAD) and len(byol["parts"]) == 3 and f"{byol['verdict']}" in printed
     # The table's figures are the runs' own, mean ± std over the two seeds.
-    spreads = [next(p for p in json.loads((out / "runs" / f"byol-tau0-seed{s}" / "eval.json").read_text())["projections"]
+    spreads = [next(p for p in json.loads((out / "runs" / f"byol-no-ema-seed{s}" / "eval.json").read_text())["projections"]
                     if not p["name"].startswith("random"))["geometry"] for s in (0, 1)]
     shown = [row for row in byol["rows"] if row[0].startswith("BYOL with τ = 0")][0]
     values = [g["std"] * g["dim"] ** 0.5 for g in spreads]
     assert shown[byol["header"].index("proj. std·√d")].startswith(f"{sum(values) / 2:.3f}")
     # Settings given for every run (here the tiny network's predictor width) never undo what a claim tests.
     assert load_run_config(out / "runs" / "byol-no-predictor-seed0").model.predictor_hidden == 0
+    assert load_run_config(out / "runs" / "byol-no-ema-seed1").method.byol.ema_schedule == "constant"
     page = Page((out / "index.html").read_text())
     assert page.sections == ["byol-collapse", "kernel-family"]
     html = (out / "index.html").read_text()

@@ -18,6 +18,17 @@ def test_ema_momentum_at_start_middle_and_end():
     assert all(a <= b for a, b in zip(values, values[1:])), "τ must rise monotonically"
 
 
+def test_a_constant_ema_schedule_keeps_tau_base_and_tau_0_makes_the_target_the_online_network():
+    assert [ema_momentum(k, 100, base=0.0, schedule="constant") for k in (0, 50, 100)] == [0.0, 0.0, 0.0]
+    assert ema_momentum(50, 100, base=0.0) == pytest.approx(0.5)  # the cosine from τ_base = 0 is not τ = 0
+    online, generator = mlp(4, 8, 3), torch.Generator().manual_seed(0)
+    target = EMATarget(online)
+    for p in online.parameters():
+        p.data.add_(torch.randn(p.shape, generator=generator))
+    target.update(online, ema_momentum(10, 100, base=0.0, schedule="constant"))
+    assert all(torch.equal(p, q) for p, q in zip(online.parameters(), target.parameters()))
+
+
 def test_warmup_then_cosine():
     base, total, warmup = 2.0, 110, 10
     assert warmup_cosine(0, total, base=base, warmup_steps=warmup) == pytest.approx(0.2)

@@ -145,8 +145,15 @@ def test_two_trainers_never_train_one_run_directory_at_once(tiny_data, tmp_path)
     from nocollapse.train.loop import Trainer
 
     config = resolve_config("fmnist-byol", [*fixed(tiny_data), f"run.out_dir={tmp_path}", "run.name=busy"])
-    trainer = Trainer(config, progress=False, log=lambda *_: None)
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "metrics.jsonl").write_text('{"step": 1}\n')
     with (tmp_path / "busy" / ".training.lock").open("w") as held:  # an orphaned run of a killed sweep, still training
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(UserError, match="another process is training in"):
+            Trainer(config, progress=False, log=lambda *_: None)  # a new run there would rewrite its files
+        assert (tmp_path / "busy" / "metrics.jsonl").read_text() == '{"step": 1}\n'
+    trainer = Trainer(config, progress=False, log=lambda *_: None)
+    with (tmp_path / "busy" / ".training.lock").open("w") as held:
         fcntl.flock(held, fcntl.LOCK_EX)
         with pytest.raises(UserError, match="another process is training in"):
             trainer.fit()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import html
 import math
+import shlex
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -24,7 +25,7 @@ from nocollapse.report.runs import RunRecord, load_runs
 from nocollapse.report.seeds import SIGNIFICANCE, welch_p_value
 from nocollapse.sweep import SweepRun, run_sweep
 from nocollapse.train.checkpoint import atomic_write_bytes, save_json
-from nocollapse.train.collapse import STD_WARNING
+from nocollapse.train.collapse import STD_WARNING, rankme_warning_level
 
 HOLDS, FAILS, SPREAD = "holds", "does not hold", "inside the seed spread"
 
@@ -38,6 +39,7 @@ class Setting:
     preset: str
     overrides: tuple[str, ...] = ()
     quick: tuple[str, ...] = ("optim.epochs=1", "optim.warmup_epochs=0.25")  # a quarter of the presets' 4-epoch budget
+    full: tuple[str, ...] = ()  # what the full budget changes in the preset
 
 
 @dataclass
@@ -58,6 +60,8 @@ class Verdict:
 
     @property
     def overall(self) -> str:
+        """A claim is the conjunction of its parts: it holds when every part holds, does not hold when the seeds contradict
+        any part, and is inside the seed spread otherwise."""
         verdicts = [part.verdict for part in self.parts]
         return FAILS if FAILS in verdicts else HOLDS if all(v == HOLDS for v in verdicts) else SPREAD
 
@@ -124,17 +128,27 @@ def compare(better: Sequence[float], worse: Sequence[float], statement: str, mea
     return Part(statement, HOLDS if right_way else FAILS, shown + f", Welch p = {p_value:.3g}")
 
 
+def collapsed(run: RunRecord) -> bool | None:
+    """Whether a run's projections collapsed, by the levels at which training warns: to a point (std·√d below
+    STD_WARNING) or to a few directions (RankMe below :func:`~nocollapse.train.collapse.rankme_warning_level`)."""
+    geometry, spread = _projections(run), _projection_spread(run)
+    if spread is None or geometry.get("rankme") is None:
+        return None
+    return spread < STD_WARNING or geometry["rankme"] < rankme_warning_level(geometry["dim"])
+
+
 def collapse_part(runs: Sequence[RunRecord], statement: str, *, collapses: bool) -> Part:
-    """Whether every seed collapsed (``collapses``) or none did: the projections' std·√d below the level at which
-    training warns of collapse (STD_WARNING), the signal that falls to 0 as the embeddings shrink to a point."""
-    spreads = values(runs, "proj. std·√d")
-    collapsed = [s < STD_WARNING for s in spreads]
-    evidence = f"proj. std·√d per seed: {', '.join(f'{s:.3f}' for s in spreads)} (collapse below {STD_WARNING})"
-    if not spreads:
+    """Whether every seed collapsed (``collapses``) or none did (:func:`collapsed`)."""
+    measured = [(run, state) for run in runs if (state := collapsed(run)) is not None]
+    if not measured:
         return Part(statement, SPREAD, "not measured")
-    if all(c == collapses for c in collapsed):
+    collapsed_ = [state for _, state in measured]
+    evidence = "per seed, proj. std·√d / RankMe: " + ", ".join(
+        f"{_projection_spread(run):.3f} / {_projections(run)['rankme']:.1f}" for run, _ in measured) + \
+        f" (collapse: std·√d below {STD_WARNING} or RankMe below {rankme_warning_level(_projections(measured[0][0])['dim']):.2g})"
+    if all(c == collapses for c in collapsed_):
         return Part(statement, HOLDS, evidence)
-    if all(c != collapses for c in collapsed):
+    if all(c != collapses for c in collapsed_):
         return Part(statement, FAILS, evidence)
     return Part(statement, SPREAD, evidence + ": the seeds disagree")
 
@@ -143,10 +157,14 @@ def collapse_part(runs: Sequence[RunRecord], statement: str, *, collapses: bool)
 
 BYOL = Setting("byol", "BYOL (predictor, EMA target)", "fmnist-byol")
 NO_PREDICTOR = Setting("byol-no-predictor", "BYOL without its predictor", "fmnist-byol", ("model.predictor_hidden=0",))
-NO_EMA = Setting("byol-tau0", "BYOL with τ = 0 (target = online)", "fmnist-byol", ("method.byol.ema_base=0",))
-WMSE2 = Setting("wmse2", "W-MSE 2 (5 epochs)", "fmnist-wmse2", quick=("optim.epochs=2", "optim.warmup_epochs=0.25"))
-# W-MSE 4's 64 images × 4 views a step cost what W-MSE 2's 128 × 2 do: 1 epoch of it is 2 of W-MSE 2 in steps and views.
-WMSE4 = Setting("wmse4", "W-MSE 4 (3 epochs)", "fmnist-wmse4", quick=("optim.epochs=1", "optim.warmup_epochs=0.25"))
+# BYOL's "τ = 0 over the full training": a constant τ, not the cosine from τ_base = 0 (which rises to 1 and so stales the target).
+NO_EMA = Setting("byol-no-ema", "BYOL with τ = 0 throughout (target = online)", "fmnist-byol", ("method.byol.ema_base=0", "method.byol.ema_schedule=constant"))
+# W-MSE 4's 64 images × 4 views a step cost what W-MSE 2's 128 × 2 do, and it has twice the steps an epoch (937 against 468):
+# one epoch of it is two of W-MSE 2 in steps and views. Full: 6 epochs of W-MSE 2 (2808 steps) against the preset's 3 of
+# W-MSE 4 (2811); the warm-up the same 234 steps (117 when quick) for both.
+WMSE2 = Setting("wmse2", "W-MSE 2", "fmnist-wmse2", quick=("optim.epochs=2", "optim.warmup_epochs=0.25"),
+                full=("optim.epochs=6", "optim.warmup_epochs=0.5"))
+WMSE4 = Setting("wmse4", "W-MSE 4", "fmnist-wmse4", quick=("optim.epochs=1", "optim.warmup_epochs=0.125"), full=("optim.warmup_epochs=0.25",))
 BYOL_SV_BD = Setting("byol+sv+bd", "BYOL + SV + BD (MSBReg's terms)", "fmnist-byol", ("regularizers.singular_value=30", "regularizers.brownian=0.1"))
 REMEDIES = (Setting("byol+infonce", "BYOL + InfoNCE", "byol+contrastive"), Setting("byol+uniformity", "BYOL + uniformity", "byol+uniformity"),
             Setting("byol+mhe", "BYOL + MHE", "byol+mhe"))
@@ -154,7 +172,7 @@ REMEDIES = (Setting("byol+infonce", "BYOL + InfoNCE", "byol+contrastive"), Setti
 
 def _judge_byol(groups: dict[str, list[RunRecord]]) -> list[Part]:
     return [collapse_part(groups["byol-no-predictor"], "without the predictor, BYOL collapses", collapses=True),
-            collapse_part(groups["byol-tau0"], "with τ = 0 (the online network as its own target), BYOL collapses", collapses=True),
+            collapse_part(groups["byol-no-ema"], "with τ = 0 throughout (the online network as its own target), BYOL collapses", collapses=True),
             collapse_part(groups["byol"], "with its predictor and EMA target, BYOL does not collapse", collapses=False)]
 
 
@@ -185,7 +203,8 @@ CLAIMS: tuple[Claim, ...] = (
     Claim("byol-collapse", "BYOL (Grill et al., 2020), Table 5",
           "BYOL collapses without its predictor and with τ = 0, but not with its EMA target.",
           (BYOL, NO_PREDICTOR, NO_EMA), _judge_byol, ("kNN k=20 (%)", "feat. RankMe", "proj. std·√d")),
-    Claim("wmse-views", "W-MSE (Ermolov et al., 2021)", "W-MSE with 4 views per image beats W-MSE with 2 at the same cost.",
+    Claim("wmse-views", "W-MSE (Ermolov et al., 2021)",
+          "W-MSE with 4 views per image beats W-MSE with 2 at the same cost (the same steps of 256 views).",
           (WMSE2, WMSE4), _judge_wmse, ("kNN k=20 (%)", "feat. RankMe")),
     Claim("msbreg-terms", "MSBReg (the singular value and Brownian diffusive terms)",
           "The singular value and Brownian terms raise the rank and the accuracy of BYOL.",
@@ -266,8 +285,8 @@ class Budget:
     kernel_sizes: tuple[int, ...]
 
     def describe(self) -> str:
-        scale = ("a quarter of each preset's budget (1 epoch of BYOL, 2 of W-MSE 2, 1 of W-MSE 4), kNN only"
-                 if self.quick else "each preset's own budget, kNN and the linear probe")
+        scale = ("a quarter of BYOL's 4 epochs for BYOL and its variants, the same steps for W-MSE 2 and 4 (2 epochs and 1), kNN only"
+                 if self.quick else "the presets' budgets (W-MSE 2 at W-MSE 4's steps)")
         return f"seeds {', '.join(map(str, self.seeds))}; {scale}"
 
 
@@ -280,8 +299,9 @@ def planned_runs(claims: Sequence[Claim], budget: Budget, overrides: Sequence[st
     settings = list({setting.name: setting for claim in claims for setting in claim.settings}.values())
     quick = ["eval.linear_probe=false", "eval.baselines=false"] if budget.quick else []
     # The claim's own settings last: a setting for every run (a smaller network, another device) must not undo what a claim tests.
-    return [SweepRun(f"{setting.name}-seed{seed}", setting.preset, (*(setting.quick if budget.quick else ()), *quick, *overrides, *setting.overrides),
-                     seed) for setting in settings for seed in budget.seeds]
+    return [SweepRun(f"{setting.name}-seed{seed}", setting.preset,
+                     (*(setting.quick if budget.quick else setting.full), *quick, *overrides, *setting.overrides), seed)
+            for setting in settings for seed in budget.seeds]
 
 
 CLAIM_KEYS = (*(claim.key for claim in CLAIMS), KERNEL_CLAIM[0])
@@ -297,8 +317,11 @@ def check_claims(out: Path | str, *, quick: bool = False, jobs: int = 1, overrid
     if unknown:
         raise UserError(f"--only {','.join(unknown)}: no such claim; the claims: {', '.join(CLAIM_KEYS)}")
     chosen = [claim for claim in CLAIMS if not only or claim.key in only]
+    with_kernel = not only or KERNEL_CLAIM[0] in only
     runs = planned_runs(chosen, budget, overrides)
-    log(f"claims: {len(chosen) + (not only or KERNEL_CLAIM[0] in only)} claim(s), {len(runs)} runs ({budget.describe()}) in {out / 'runs'}")
+    for run in runs:  # every run's settings checked before the first trains: a typo must not cost the runs before it
+        run.config(out / "runs")
+    log(f"claims: {len(chosen) + int(with_kernel)} claim(s), {len(runs)} runs ({budget.describe()}) in {out / 'runs'}")
     started = time.perf_counter()
     sweep = run_sweep(runs, out / "runs", jobs=jobs, reports=False, log=log) if runs else None
     failed = [name for name, status in (sweep.status.items() if sweep else ()) if status.status != "done"]
@@ -313,7 +336,7 @@ def check_claims(out: Path | str, *, quick: bool = False, jobs: int = 1, overrid
         verdict.rows = [[setting.label, str(len(groups[setting.name])),
                          *(_mean_std(values(groups[setting.name], m), *MEASURES[m][1:]) for m in claim.measures)] for setting in claim.settings]
         verdicts.append(verdict)
-    if not only or KERNEL_CLAIM[0] in only:
+    if with_kernel:
         log("claims: the kernel family, on random embeddings …")
         kernel_parts, kernel_rows = kernel_family_parts(budget.kernel_sizes)
         verdicts.append(Verdict(Claim(*KERNEL_CLAIM, (), lambda _: [], ()), kernel_parts, kernel_rows,
@@ -328,7 +351,7 @@ def check_claims(out: Path | str, *, quick: bool = False, jobs: int = 1, overrid
 
 
 def _command(run: SweepRun) -> str:
-    return " ".join(["nocollapse train --preset", run.preset, *run.overrides, f"run.seed={run.seed}"])
+    return shlex.join(["nocollapse", "train", "--preset", run.preset, *run.overrides, f"run.seed={run.seed}"])
 
 
 BADGE = {HOLDS: "#2e7d32", FAILS: "#c62828", SPREAD: "#8d6e00"}
@@ -354,7 +377,8 @@ def write_page(out: Path, verdicts: list[Verdict], runs: list[SweepRun], budget:
     title = "nocollapse: the seed papers' claims, in miniature"
     lede = (f"{budget.describe()}{'; ' + ', '.join(datasets) if datasets else ''}; {minutes:.1f} min. A verdict holds when Welch's two-sided t-test over the seeds puts the difference "
             f"in the claimed direction (p &lt; {SIGNIFICANCE}), does not hold when it puts it the other way, and is inside the seed "
-            f"spread otherwise. Collapse: the projections' std·√d below {STD_WARNING}.")
+            f"spread otherwise. Collapse: the projections' std·√d below {STD_WARNING}, or their RankMe below the level at which "
+            f"training warns. With {len(budget.seeds)} seeds a side, only a difference of several spreads passes the test.")
     page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{title}</title><style>{STYLE}</style></head><body><main>'
             f'<h1>{title}</h1><p class="lede">{lede}</p>{"".join(sections)}</main></body></html>\n')
     path = out / "index.html"

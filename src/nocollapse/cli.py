@@ -149,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
                                       "  nocollapse tune --preset fmnist-byol --trials 20 --budget-epochs 2 --out tune/fmnist\n"
                                       "  nocollapse tune --preset folder-96 data.data_dir=photos/ --trials 30 --budget-epochs 5 --out tune/photos \\\n"
                                       "      --space optim.lr=0.05:2:log --space 'model.backbone=resnet18|convnet'\n"
-                                      "  nocollapse tune ... --storage postgresql://user@host/db   (processes on many machines, one study)",
+                                      "  nocollapse tune ... --storage postgresql+psycopg://user@host/db   (processes on many machines, one study)",
                                formatter_class=argparse.RawDescriptionHelpFormatter)
     tune.add_argument("overrides", nargs="*", metavar="key=value", help="fixed settings for every trial (a key given here is not searched)")
     tune.add_argument("--preset", choices=sorted(PRESETS), help="the recipe to start from (default: the --config file's, else fmnist)")

@@ -51,6 +51,7 @@ class ModelConfig:
 @dataclass
 class BYOLConfig:
     ema_base: float = 0.99  # τ_base of the target EMA; τ rises to 1 along a cosine. Short runs want 0.99 or lower, 1000-epoch runs 0.996
+    ema_schedule: str = "cosine"  # cosine: τ from τ_base to 1 (BYOL) | constant: τ_base throughout (with ema_base=0 the target is the online network: BYOL's ablation)
 
 
 @dataclass
@@ -439,6 +440,7 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "model.stem": ("auto", "cifar", "imagenet"),
     "method.name": ("byol", "wmse", "msbreg", "sfrik"),
     "method.msbreg.centroid": ("per_view", "mean"),
+    "method.byol.ema_schedule": ("cosine", "constant"),
     "regularizers.singular_value_target": ("mean", "uniform"),
     "regularizers.mhe_power": (0, 1, 2),
     "regularizers.mhe_distance": ("euclidean", "angular"),

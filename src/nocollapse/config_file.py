@@ -124,6 +124,15 @@ def toml_text(values: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _toml_string(text: str) -> str:
+    """A TOML basic string: JSON's escapes for quotes, backslashes and control characters, ``\\u007f`` for DEL (JSON leaves
+    it raw, TOML refuses it), every other character as UTF-8. A lone surrogate (an undecodable file name) has no TOML form."""
+    if any(0xD800 <= ord(ch) <= 0xDFFF for ch in text):
+        raise UserError(f"{text!r} holds a character that is not valid Unicode (a file name in another encoding?); "
+                        "save the config as .json instead")
+    return json.dumps(text, ensure_ascii=False).replace("\x7f", "\\u007f")
+
+
 def _toml_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -132,7 +141,7 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, float):
         return ("inf" if value > 0 else "-inf") if math.isinf(value) else "nan" if math.isnan(value) else repr(value)
     if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)  # a TOML basic string; UTF-8 as it is (TOML has no surrogate-pair escapes)
+        return _toml_string(value)
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_toml_value(item) for item in value) + "]"
     raise TypeError(f"no TOML form for {value!r}")  # a new config field of a type this writer does not know: a bug

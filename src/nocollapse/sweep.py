@@ -33,6 +33,7 @@ from nocollapse.train.signals import GracefulStop
 SWEEP_FILE = "sweep.json"
 LOG_DIR = "logs"
 LOCK_FILE = ".sweep.lock"
+STOPPED_EXIT_CODES = (130, 143, -2, -15)  # `nocollapse train` stopped by SIGINT or SIGTERM (after its checkpoint), or killed by them
 # The sweep names, places and seeds each run itself.
 SWEEP_OWNED_KEYS = {"run.seed": "--seeds", "run.out_dir": "--out", "run.name": "the sweep (one directory per grid point)"}
 
@@ -204,8 +205,8 @@ def run_sweep(runs: list[SweepRun], out: Path | str, *, jobs: int = 1, threads: 
         log_file = (out / LOG_DIR / f"{run.name}.log").open("a", encoding="utf-8")
         log_file.write(f"\n# {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(command)}\n")
         log_file.flush()
-        # In the sweep's process group: a Ctrl-C or a hang-up of the terminal reaches the runs too (each stops at a step
-        # boundary); a run left behind by a sweep killed outright holds its directory's lock until it ends (Trainer.fit).
+        # In the sweep's process group: a Ctrl-C in the terminal reaches the runs too, and each stops at a step boundary.
+        # A run left behind by a sweep killed outright holds its directory's lock until it ends (Trainer.fit).
         process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=environment)
         running[run.name] = (process, time.perf_counter(), log_file)
         record = sweep.status[run.name]
@@ -214,6 +215,8 @@ def run_sweep(runs: list[SweepRun], out: Path | str, *, jobs: int = 1, threads: 
         log(f"[{finished + len(running)}/{len(runs)}] {'resumed' if resume else 'started'} {run.name}  (log: {out / LOG_DIR / run.name}.log)")
 
     def reap(name: str, *, stopped: bool = False) -> None:
+        """Record a run that ended: done, failed, or interrupted (stopped by the sweep, or by the signal that stops it:
+        a Ctrl-C reaches the runs too, and they exit 130 or 143 after saving a checkpoint)."""
         nonlocal finished
         process, began, log_file = running.pop(name)
         log_file.close()
@@ -227,7 +230,7 @@ def run_sweep(runs: list[SweepRun], out: Path | str, *, jobs: int = 1, threads: 
             left = len(runs) - finished - len(running)
             eta = f", about {_duration(sum(durations) / len(durations) * (left + len(running)) / jobs)} left" if left + len(running) else ""
             log(f"[{finished}/{len(runs)}] done {name} in {_duration(seconds)}: {_scores(out / name)}{eta}")
-        elif stopped:
+        elif stopped or (stop.requested is not None and process.returncode in STOPPED_EXIT_CODES):
             record.status = "interrupted"
         else:
             record.status, record.error = "failed", _log_tail(out / LOG_DIR / f"{name}.log")
@@ -250,10 +253,12 @@ def run_sweep(runs: list[SweepRun], out: Path | str, *, jobs: int = 1, threads: 
                     start(queue.pop(0))
                 if stop.requested is not None:
                     stop_all()
-                    raise RunsStopped(stop.requested, f"each saved a checkpoint; run the same `nocollapse sweep ... --out {out}` to continue")
+                    break
                 time.sleep(poll_seconds)
                 for name in [name for name, (process, _, _) in running.items() if process.poll() is not None]:
                     reap(name)
+            if stop.requested is not None:  # also when the signal came as the last runs ended
+                raise RunsStopped(stop.requested, f"each saved a checkpoint; run the same `nocollapse sweep ... --out {out}` to continue")
         except BaseException:  # a fault of the sweep itself (a full disk, a second Ctrl-C): its runs must not train on unwatched
             stop_all()
             raise

@@ -203,8 +203,7 @@ def tune(preset: str | None, out: Path | str, *, trials: int, budget_epochs: int
         config = _resolve(preset, [*fixed, *searched, f"run.name={name}"], config_file)
         # What best.toml is written from: the trial's own settings, whichever process (and --space) ran it.
         trial.set_user_attr("run_dir", str(out / name))
-        trial.set_user_attr("settings", {"preset": preset, "overrides": [*overrides, *budget, *searched],
-                                         "config_file": str(config_file) if config_file else None})
+        trial.set_user_attr("config", config.to_dict())  # best.toml comes from it, whichever process and --space ran the trial
 
         def report(record: dict[str, Any]) -> None:
             value = monitor_value(record, chosen)
@@ -233,8 +232,7 @@ def tune(preset: str | None, out: Path | str, *, trials: int, budget_epochs: int
     while finished() < trials and failures_in_a_row < MAX_FAILURES_IN_A_ROW:  # a failed trial does not count towards --trials
         before = finished()
         try:
-            study.optimize(run_trial, n_trials=1, callbacks=[optuna.study.MaxTrialsCallback(trials, states=states), said],
-                           catch=(UserError, CollapseError, NonFiniteStep))
+            study.optimize(run_trial, n_trials=1, callbacks=[said], catch=(UserError, CollapseError, NonFiniteStep))
         except TrainingStopped as stop:
             raise RunsStopped(stop.signal_name, f"the trial in progress is marked failed; run the same `nocollapse tune ... --out {out}` "
                                                 f"to go on (its finished trials are kept)") from None
@@ -246,9 +244,13 @@ def tune(preset: str | None, out: Path | str, *, trials: int, budget_epochs: int
         raise UserError(f"no trial of {study.study_name} finished; the trials' logs are in their run directories under {out}")
     from nocollapse.config_file import write_config_file
 
-    # The best trial's own settings at the tuning budget (the warm-up too), without what placed and scored it as a trial.
-    settings = best.user_attrs["settings"]
-    best_config = _resolve(settings["preset"], settings["overrides"], settings["config_file"])
+    # The best trial's own config at the tuning budget (the warm-up too), with this command's run.* and eval.* rather than
+    # the trial's (its directory, no baselines): `train --config best.toml` places and scores it as any run.
+    user = _resolve(preset, [*overrides, *budget], config_file)
+    saved = best.user_attrs.get("config")
+    best_config = Config.from_dict(saved) if saved else _resolve(  # a trial of an older nocollapse: from its parameters
+        preset, [*overrides, *budget, *(d.override(best.params[d.key], base) for d in dimensions if d.key in best.params)], config_file)
+    best_config.run, best_config.eval = user.run, user.eval
     path = write_config_file(best_config, out / BEST_FILE, force=True)
     log(f"best: trial {best.number} ({best.user_attrs.get('run_dir')}), {_shown(best.value, chosen)}; its settings in {path}: "
         f"`nocollapse train --config {path}` (add optim.epochs=N to train it longer)")

@@ -226,7 +226,8 @@ class Trainer:
         if resume:
             self._load(checkpoint_path)
         elif self.dist.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+            with _only_trainer_of(self.run_dir):  # never overwrite the files of a run another process is training
+                pass
             save_json(self.run_dir / "config.json", config.to_dict())
             started_from = {"init_from": {"path": str(start[2].resolve()), "sha256": file_sha256(start[2])}} if start else {}
             save_json(self.run_dir / "environment.json", {**environment(self.device, self.dist.world_size),
@@ -406,7 +407,8 @@ class Trainer:
             lr = warmup_step_decay(step, self.total_steps, base=self.base_lr, warmup_steps=self.warmup_steps, milestones=o.lr_decay_at, factor=o.lr_decay_factor)
         else:
             lr = warmup_cosine(step, self.total_steps, base=self.base_lr, warmup_steps=self.warmup_steps)
-        tau = ema_momentum(step, self.total_steps, base=self.config.method.byol.ema_base)
+        byol = self.config.method.byol
+        tau = ema_momentum(step, self.total_steps, base=byol.ema_base, schedule=byol.ema_schedule)
         return lr, tau
 
     def train_step(self, images: Tensor, generator: torch.Generator, noise: torch.Generator | None = None,

@@ -18,8 +18,11 @@ def warmup_cosine(step: int, total_steps: int, *, base: float, warmup_steps: int
     return final + (base - final) * (1 + math.cos(math.pi * progress)) / 2
 
 
-def ema_momentum(step: int, total_steps: int, *, base: float) -> float:
-    """BYOL's target momentum ``τ_k = 1 − (1 − τ_base)·(cos(πk/K) + 1)/2``: τ_base at k=0, 1 at k=K."""
+def ema_momentum(step: int, total_steps: int, *, base: float, schedule: str = "cosine") -> float:
+    """BYOL's target momentum ``τ_k = 1 − (1 − τ_base)·(cos(πk/K) + 1)/2``: τ_base at k=0, 1 at k=K; ``schedule="constant"``:
+    τ_base at every step (BYOL's ablation "τ = 0 over the full training" is base 0, constant)."""
+    if schedule == "constant":
+        return base
     progress = min(1.0, step / max(1, total_steps))
     return 1 - (1 - base) * (math.cos(math.pi * progress) + 1) / 2
 
