@@ -91,7 +91,8 @@ def test_one_claim_checked_end_to_end_writes_its_verdict_its_figures_and_its_com
     assert main(["claims", "--quick", "--only", "byol-collapse", "--out", str(out), *fixed, f"data.data_dir={tiny_data}",
                  "eval.online_probe=false", "run.device=cpu"]) == 0
     assert "6 done before, 0 to train" in capsys.readouterr().out
-    assert json.loads((out / "claims.json").read_text())["claims"][0]["verdict"] == byol["verdict"]
+    again = json.loads((out / "claims.json").read_text())
+    assert again["claims"][0]["verdict"] == byol["verdict"] and again["reused_runs"] == 6 and saved["reused_runs"] == 0
 
 
 def test_an_unknown_claim_is_refused_with_the_list(tmp_path, capsys):

@@ -3,6 +3,7 @@ others go on, finished runs skipped, and an interrupted sweep resumed from its r
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -83,6 +84,11 @@ def test_runs_train_two_at_a_time_a_failure_is_recorded_and_a_rerun_skips_what_i
     assert {name: (out / "logs" / f"{name}.log").read_text() for name in good} == logs
     records = json.loads((out / SWEEP_FILE).read_text())["runs"]
     assert sorted(record["attempts"] for record in records) == [1, 1, 2, 2]
+
+    # A finished run whose directory was removed is trained again.
+    shutil.rmtree(out / good[0])
+    assert main(["sweep", "--preset", "fmnist-byol", "--seeds", "0", *settings, "--out", str(out), "--jobs", "2", "--no-report"]) == 1
+    assert "1 done before, 3 to train" in capsys.readouterr().out and (out / good[0] / "eval.json").is_file()
 
 
 def test_a_sweep_into_a_directory_holding_other_settings_is_refused(tiny_data, tmp_path):

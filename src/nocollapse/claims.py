@@ -23,7 +23,7 @@ from typing import Any
 from nocollapse.errors import UserError
 from nocollapse.report.runs import RunRecord, load_runs
 from nocollapse.report.seeds import SIGNIFICANCE, welch_p_value
-from nocollapse.sweep import SweepRun, run_sweep
+from nocollapse.sweep import Sweep, SweepRun, run_sweep
 from nocollapse.train.checkpoint import atomic_write_bytes, save_json
 from nocollapse.train.collapse import STD_WARNING, rankme_warning_level
 
@@ -323,6 +323,7 @@ def check_claims(out: Path | str, *, quick: bool = False, jobs: int = 1, overrid
         run.config(out / "runs")
     log(f"claims: {len(chosen) + int(with_kernel)} claim(s), {len(runs)} runs ({budget.describe()}) in {out / 'runs'}")
     started = time.perf_counter()
+    reused = len(runs) - len(Sweep(runs, out / "runs").pending()) if runs else 0
     sweep = run_sweep(runs, out / "runs", jobs=jobs, reports=False, log=log) if runs else None
     failed = [name for name, status in (sweep.status.items() if sweep else ()) if status.status != "done"]
     if failed:
@@ -343,7 +344,7 @@ def check_claims(out: Path | str, *, quick: bool = False, jobs: int = 1, overrid
                                 ["q", "Ψ fwd+bwd (ms)", "covariance penalty fwd+bwd (ms)", "penalty / Ψ"]))
     minutes = (time.perf_counter() - started) / 60
     datasets = sorted({record.dataset for record in records.values()})
-    write_page(out, verdicts, runs, budget, minutes, datasets)
+    write_page(out, verdicts, runs, budget, minutes, datasets, reused)
     for verdict in verdicts:
         log(f"  {verdict.overall:<22} {verdict.claim.paper}: {verdict.claim.statement}")
     log(f"claims: {out / 'index.html'} ({minutes:.1f} min)")
@@ -357,7 +358,8 @@ def _command(run: SweepRun) -> str:
 BADGE = {HOLDS: "#2e7d32", FAILS: "#c62828", SPREAD: "#8d6e00"}
 
 
-def write_page(out: Path, verdicts: list[Verdict], runs: list[SweepRun], budget: Budget, minutes: float, datasets: Sequence[str] = ()) -> Path:
+def write_page(out: Path, verdicts: list[Verdict], runs: list[SweepRun], budget: Budget, minutes: float, datasets: Sequence[str] = (),
+               reused: int = 0) -> Path:
     """``out/index.html``: one section per claim (verdict, its parts with their evidence, the figures, the commands) and
     ``out/claims.json``."""
     from nocollapse.report.html import STYLE, html_table
@@ -375,7 +377,9 @@ def write_page(out: Path, verdicts: list[Verdict], runs: list[SweepRun], budget:
         sections.append(f'<section id="{claim.key}"><h2>{html.escape(claim.paper)}</h2><p>{html.escape(claim.statement)} {badge}</p>'
                         f"<ul>{parts}</ul>{html_table(verdict.header, verdict.rows, numeric_from=1)}{command_block}</section>")
     title = "nocollapse: the seed papers' claims, in miniature"
-    lede = (f"{budget.describe()}{'; ' + ', '.join(datasets) if datasets else ''}; {minutes:.1f} min. A verdict holds when Welch's two-sided t-test over the seeds puts the difference "
+    took = f"this command took {minutes:.1f} min" + (f", reusing {reused} of the {len(runs)} runs from before (their times: runs/sweep.json)"
+                                                      if reused else "")
+    lede = (f"{budget.describe()}{'; ' + ', '.join(datasets) if datasets else ''}; {took}. A verdict holds when Welch's two-sided t-test over the seeds puts the difference "
             f"in the claimed direction (p &lt; {SIGNIFICANCE}), does not hold when it puts it the other way, and is inside the seed "
             f"spread otherwise. Collapse: the projections' std·√d below {STD_WARNING}, or their RankMe below the level at which "
             f"training warns. With {len(budget.seeds)} seeds a side, only a difference of several spreads passes the test.")
@@ -383,7 +387,8 @@ def write_page(out: Path, verdicts: list[Verdict], runs: list[SweepRun], budget:
             f'<h1>{title}</h1><p class="lede">{lede}</p>{"".join(sections)}</main></body></html>\n')
     path = out / "index.html"
     atomic_write_bytes(path, lambda file: file.write(page.encode()))
-    save_json(out / "claims.json", {"budget": budget.describe(), "datasets": list(datasets), "minutes": round(minutes, 1), "claims": [
+    save_json(out / "claims.json", {"budget": budget.describe(), "datasets": list(datasets), "minutes": round(minutes, 1), "reused_runs": reused,
+                                    "claims": [
         {"key": v.claim.key, "paper": v.claim.paper, "statement": v.claim.statement, "verdict": v.overall,
          "parts": [vars(part) for part in v.parts], "header": v.header, "rows": v.rows} for v in verdicts]})
     return path

@@ -172,7 +172,8 @@ class Sweep:
         save_json(self.out / SWEEP_FILE, {"runs": list(records.values())})
 
     def pending(self) -> list[SweepRun]:
-        return [run for run in self.runs if self.status[run.name].status != "done"]
+        """The runs to train: all but those recorded done whose evaluation is still there (a removed run trains again)."""
+        return [run for run in self.runs if self.status[run.name].status != "done" or not (self.out / run.name / "eval.json").is_file()]
 
 
 def run_sweep(runs: list[SweepRun], out: Path | str, *, jobs: int = 1, threads: int | None = None, reports: bool = True,
