@@ -201,7 +201,6 @@ def tune(preset: str | None, out: Path | str, *, trials: int, budget_epochs: int
         name = f"{prefix}trial{trial.number:03d}"
         searched = [dimension.override(dimension.suggest(trial), base) for dimension in dimensions]
         config = _resolve(preset, [*fixed, *searched, f"run.name={name}"], config_file)
-        # What best.toml is written from: the trial's own settings, whichever process (and --space) ran it.
         trial.set_user_attr("run_dir", str(out / name))
         trial.set_user_attr("config", config.to_dict())  # best.toml comes from it, whichever process and --space ran the trial
 
