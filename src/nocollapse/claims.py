@@ -22,7 +22,7 @@ from typing import Any
 
 from nocollapse.errors import UserError
 from nocollapse.report.runs import RunRecord, load_runs
-from nocollapse.report.seeds import SIGNIFICANCE, welch_p_value
+from nocollapse.report.seeds import SIGNIFICANCE, mean_std_text, welch_p_value
 from nocollapse.sweep import Sweep, SweepRun, run_sweep
 from nocollapse.train.checkpoint import atomic_write_bytes, save_json
 from nocollapse.train.collapse import STD_WARNING, rankme_warning_level
@@ -107,13 +107,6 @@ def values(runs: Sequence[RunRecord], measure: str) -> list[float]:
     return [float(v) for run in runs if (v := read(run)) is not None]
 
 
-def _mean_std(numbers: Sequence[float], scale: float, digits: int) -> str:
-    if not numbers:
-        return "–"
-    text = f"{scale * statistics.fmean(numbers):.{digits}f}"
-    return text + (f" ± {scale * statistics.stdev(numbers):.{digits}f}" if len(numbers) > 1 else "")
-
-
 def compare(better: Sequence[float], worse: Sequence[float], statement: str, measure: str, *, higher_is_better: bool = True) -> Part:
     """``statement`` (the first setting beats the second on ``measure``) judged by Welch's t-test over the seeds."""
     if not better or not worse:
@@ -121,7 +114,7 @@ def compare(better: Sequence[float], worse: Sequence[float], statement: str, mea
     difference = statistics.fmean(better) - statistics.fmean(worse)
     p_value = welch_p_value(better, worse)
     _, scale, digits = MEASURES[measure]
-    shown = f"{measure}: {_mean_std(better, scale, digits)} against {_mean_std(worse, scale, digits)}, difference {scale * difference:+.{digits}f}"
+    shown = f"{measure}: {mean_std_text(better, scale, digits)} against {mean_std_text(worse, scale, digits)}, difference {scale * difference:+.{digits}f}"
     if p_value is None or p_value >= SIGNIFICANCE:
         return Part(statement, SPREAD, shown + (f", Welch p = {p_value:.3g}" if p_value is not None else ", one seed: not tested"))
     right_way = difference > 0 if higher_is_better else difference < 0
@@ -335,7 +328,7 @@ def check_claims(out: Path | str, *, quick: bool = False, jobs: int = 1, overrid
         groups = {s.name: [records[f"{s.name}-seed{seed}"] for seed in budget.seeds] for s in claim.settings}
         verdict = Verdict(claim, claim.judge(groups), header=["setting", "n", *claim.measures])
         verdict.rows = [[setting.label, str(len(groups[setting.name])),
-                         *(_mean_std(values(groups[setting.name], m), *MEASURES[m][1:]) for m in claim.measures)] for setting in claim.settings]
+                         *(mean_std_text(values(groups[setting.name], m), *MEASURES[m][1:]) for m in claim.measures)] for setting in claim.settings]
         verdicts.append(verdict)
     if with_kernel:
         log("claims: the kernel family, on random embeddings …")

@@ -21,12 +21,12 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 from nocollapse.config import Config, key_arity, resolve_config, split_overrides
 from nocollapse.errors import RunsStopped, UserError
-from nocollapse.train.checkpoint import save_json
+from nocollapse.train.checkpoint import exclusive_lock, save_json
 from nocollapse.train.loop import CHECKPOINT, changed_training_keys, load_run_config, run_directory
 from nocollapse.train.signals import GracefulStop
 
@@ -269,31 +269,9 @@ def run_sweep(runs: list[SweepRun], out: Path | str, *, jobs: int = 1, threads: 
     return sweep
 
 
-@contextlib.contextmanager
-def _only_sweep_in(out: Path) -> Iterator[None]:
-    """Hold an exclusive lock on OUT/.sweep.lock while training (two sweeps in one directory would train the same runs
-    twice); the operating system releases it when the sweep's process ends, however it ends. Without ``fcntl``
-    (Windows) the directory is not locked."""
-    try:
-        import fcntl
-    except ModuleNotFoundError:
-        yield
-        return
-    with (out / LOCK_FILE).open("a+") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            lock.seek(0)
-            holder = lock.read().strip() or "?"
-            raise UserError(f"another sweep (process {holder}) is training in {out}; wait for it, or stop it first") from None
-        lock.seek(0)
-        lock.truncate()
-        lock.write(str(os.getpid()))
-        lock.flush()
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+def _only_sweep_in(out: Path) -> contextlib.AbstractContextManager[None]:
+    """OUT/.sweep.lock while training: two sweeps in one directory would train the same runs twice."""
+    return exclusive_lock(out / LOCK_FILE, lambda pid: f"another sweep (process {pid}) is training in {out}; wait for it, or stop it first")
 
 
 def _scores(run_dir: Path) -> str:

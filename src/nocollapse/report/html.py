@@ -22,7 +22,8 @@ from nocollapse.config import flatten
 from nocollapse.errors import UserError
 from nocollapse.report import plots
 from nocollapse.report.runs import RunRecord, expand_run_dirs, few_label_entries, knn_key, load_runs
-from nocollapse.report.seeds import SEED_FREE_KEYS, TEST_NOTE, SeedScores, format_cell, group_by_seed, markdown_table, seed_scores
+from nocollapse.report.seeds import (SEED_FREE_KEYS, TEST_NOTE, SeedScores, format_cell, group_by_seed, markdown_table, mean_std_text,
+                                     seed_scores)
 from nocollapse.train.checkpoint import atomic_write_bytes
 from nocollapse.train.run_data import UNLABELLED_PROBE_IMAGES
 
@@ -254,12 +255,6 @@ def few_label_table(runs: Sequence[RunRecord]) -> str:
     return html_table(header, rows, numeric_from=4, row_classes=["baseline" if e[3] else "" for e in entries], table_id="few-labels-table")
 
 
-def _mean_std(values: Sequence[float]) -> str:
-    """``mean ± std`` in percent (sample std; the mean alone for one value)."""
-    mean = statistics.fmean(values)
-    return f"{100 * mean:.2f}" + (f" ± {100 * statistics.stdev(values):.2f}" if len(values) > 1 else "")
-
-
 def finetune_table(runs: Sequence[RunRecord]) -> str:
     """Fine-tuned top-1 (%) of each run's encoder and of the same network from scratch, per labelled set; empty without any."""
     rows, recipes = [], []
@@ -267,7 +262,7 @@ def finetune_table(runs: Sequence[RunRecord]) -> str:
         for entry in (run.evaluation or {}).get("finetune") or []:
             gain = statistics.fmean(entry["pretrained"]) - statistics.fmean(entry["scratch"])
             rows.append([run.label, run.dataset, entry["subset"], str(entry["labels"]), str(entry["draws"]), str(entry["steps"]),
-                         _mean_std(entry["pretrained"]), _mean_std(entry["scratch"]), f"{100 * gain:+.2f}"])
+                         mean_std_text(entry["pretrained"], 100), mean_std_text(entry["scratch"], 100), f"{100 * gain:+.2f}"])
             recipes.append(f"{run.label}: {entry['recipe']}")
     if not rows:
         return ""

@@ -203,12 +203,17 @@ def seed_scores(groups: Sequence[RunGroup]) -> SeedScores:
     return scores
 
 
+def mean_std_text(values: Sequence[float], scale: float = 1.0, digits: int = 2) -> str:
+    """``mean ± std`` (sample std) of ``scale·values``; the mean alone for one value, ``–`` for none."""
+    if not values:
+        return "–"
+    text = f"{scale * statistics.fmean(values):.{digits}f}"
+    return text + (f" ± {scale * statistics.stdev(values):.{digits}f}" if len(values) > 1 else "")
+
+
 def format_cell(cell: Cell | None, figure: Measure) -> str:
     """``mean ± std`` in the figure's units (the mean alone for one seed), ``–`` when missing."""
-    if cell is None:
-        return "–"
-    text = f"{figure.scale * cell.mean:.{figure.digits}f}"
-    return text + (f" ± {figure.scale * cell.std:.{figure.digits}f}" if cell.std is not None else "")
+    return mean_std_text(cell.values if cell else [], figure.scale, figure.digits)
 
 
 TEST_NOTE = (f"Bold: the best mean of the column among the settings with two or more seeds, and every setting that Welch's two-sided "

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -68,3 +70,30 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # a truncated or foreign file: say which and stop
         raise UserError(f"cannot read checkpoint {path} ({type(error).__name__}: {error}); it is corrupt or not a nocollapse checkpoint") from None
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: Path, busy: Callable[[str], str]) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` (which then names this process's pid) for the ``with`` block; when another
+    process holds it, raise UserError ``busy(its pid)``. The operating system releases the lock when the process ends,
+    however it ends, so a killed holder leaves no stale lock. Where there is no ``fcntl`` (Windows) nothing is locked."""
+    try:
+        import fcntl
+    except ModuleNotFoundError:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            raise UserError(busy(lock.read().strip() or "?")) from None
+        lock.seek(0)
+        lock.truncate()
+        lock.write(str(os.getpid()))
+        lock.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)

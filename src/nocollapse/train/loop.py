@@ -15,7 +15,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,7 @@ from nocollapse.eval.knn import knn_accuracy
 from nocollapse.eval.transfer import TransferTarget
 from nocollapse.methods import build_method, method_label
 from nocollapse.train.amp import describe_precision, use_bf16
-from nocollapse.train.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint, save_json, save_safetensors
+from nocollapse.train.checkpoint import atomic_write_bytes, exclusive_lock, load_checkpoint, save_checkpoint, save_json, save_safetensors
 from nocollapse.train.collapse import CollapseWatch
 from nocollapse.train.distributed import gather_views, init_distributed, mean_over_processes, shutdown_distributed
 from nocollapse.train.run_data import load_run_data, unlabelled_probe
@@ -127,27 +127,11 @@ def resume_config(run_dir: Path, overrides: list[str]) -> Config:
     return config
 
 
-@contextlib.contextmanager
-def _only_trainer_of(run_dir: Path) -> Iterator[None]:
-    """Hold an exclusive lock on RUN_DIR/.training.lock while training: a second process resuming the same run (a sweep
-    restarted while an orphaned run still trains, two `train --resume`) would interleave its checkpoints with this one's.
-    The operating system releases the lock when the process dies, however it dies. Where there is no ``fcntl``
-    (Windows) the run is not locked."""
-    try:
-        import fcntl
-    except ModuleNotFoundError:
-        yield
-        return
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with (run_dir / ".training.lock").open("w") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise UserError(f"another process is training in {run_dir}; wait for it to finish (or stop it) before resuming") from None
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+def _only_trainer_of(run_dir: Path) -> contextlib.AbstractContextManager[None]:
+    """RUN_DIR/.training.lock while training: a second process resuming the same run (a sweep restarted while an
+    orphaned run still trains, two `train --resume`) would interleave its checkpoints with this one's."""
+    return exclusive_lock(run_dir / ".training.lock",
+                          lambda pid: f"another process ({pid}) is training in {run_dir}; wait for it to finish (or stop it) before resuming")
 
 
 def _seeded(generator: torch.Generator, *parts: int) -> torch.Generator:
