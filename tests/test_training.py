@@ -9,7 +9,7 @@ import torch
 from conftest import TINY_RUN
 from nocollapse.cli import main
 from nocollapse.config import resolve_config
-from nocollapse.train.loop import Trainer
+from nocollapse.train.loop import Trainer, changed_training_keys
 
 
 def tiny_config(data_dir, out_dir, *extra):
@@ -85,6 +85,15 @@ def test_resume_refuses_a_changed_training_config(tiny_data, tmp_path):
     Trainer(tiny_config(tiny_data, tmp_path, "run.name=r"), progress=False, log=lambda *_: None).fit()
     with pytest.raises(Exception, match="optim.lr"):
         Trainer(tiny_config(tiny_data, tmp_path, "run.name=r", "optim.lr=0.1"), resume=True, progress=False, log=lambda *_: None)
+
+
+def test_a_resume_may_move_and_re_evaluate_a_run_but_not_change_what_it_trains():
+    saved = resolve_config("fmnist-byol", [])
+    harmless = ["run.out_dir=elsewhere", "run.name=other", "run.device=cpu", "run.log_every=7", "data.data_dir=/data",
+                "data.stream=disk", "eval.knn_k=5", "eval.linear_probe=false", "run.amp=false", "run.channels_last=false"]
+    assert changed_training_keys(saved, resolve_config("fmnist-byol", harmless)) == []
+    changed = changed_training_keys(saved, resolve_config("fmnist-byol", [*harmless, "run.seed=1", "optim.lr=0.1", "augment.crop_scale=0.2,1"]))
+    assert changed == ["augment.crop_scale: (0.8, 1.0) → (0.2, 1.0)", "optim.lr: 1.0 → 0.1", "run.seed: 0 → 1"]
 
 
 def sha(path):

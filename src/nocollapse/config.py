@@ -224,9 +224,9 @@ FMNIST_WMSE = {**FMNIST_DATA, **WMSE, "optim.batch_size": 128, "optim.epochs": 5
 # (more steps) matter most. The base of the comparison presets below, which all take its budget.
 FMNIST_BYOL = {**FMNIST_DATA, "method.byol.ema_base": 0.9, "optim.batch_size": 128, "optim.epochs": 4, "augment.crop_scale": (0.8, 1.0)}
 # The default (issue 23, docs/recipe.md): BYOL + the uniformity loss (Durrant & Leontidis; +1.6 kNN at 4 epochs) for 7 epochs,
-# which the bf16 step of CPUs with AMX or AVX-512 BF16 fits in 15 minutes (measured: docs/recipe.md); float32 steps are ~1.6x slower.
-# The default (docs/recipe.md, issue 23): uniformity, 7 epochs, and a 384-wide last stage, whose 384-d feature lifts the
-# linear probe past 91% (kNN 90.12 ± 0.19, linear 91.26 ± 0.11, n = 3, 12.9–14.2 min on 2 bf16 CPU cores).
+# which the bf16 step of CPUs with AMX or AVX-512 BF16 fits in 15 minutes (float32 steps are ~1.6x slower), and a 384-wide
+# last stage, whose 384-d feature lifts the linear probe past 91% (kNN 90.12 ± 0.19, linear 91.26 ± 0.11, n = 3, 12.9–14.2 min
+# on 2 bf16 CPU cores).
 FMNIST_DEFAULT = {**FMNIST_BYOL, "regularizers.uniformity": 1.0, "optim.epochs": 7, "model.widths": (32, 64, 128, 384)}
 # MSBReg's singular value and Brownian terms (SPEC §3; the paper's weights were not available to us).
 MSBREG_REGULARIZERS = {"regularizers.singular_value": 30.0, "regularizers.brownian": 0.1}
@@ -269,6 +269,12 @@ PRESETS: dict[str, dict[str, Any]] = {
                       "model.backbone": "resnet18", "augment.num_views": 4, "optim.batch_size": 256, "optim.epochs": 1000,
                       "optim.warmup_epochs": 2.5, "eval.monitor_every": 25},
 }
+
+# Where a run's files live and how it is watched, never what it computes: runs that differ only in these and the seed are
+# seeds of one setting (report/seeds.py), and a resumed run may change them (train/loop.py).
+BOOKKEEPING_KEYS = frozenset({"run.name", "run.out_dir", "run.device", "run.log_every", "run.checkpoint_every", "run.tensorboard",
+                              "data.data_dir", "data.cache_dir", "data.stream", "data.on_device"})
+
 
 def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """``{"optim": {"lr": 1}}`` → ``{"optim.lr": 1}``."""

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nocollapse.config import flatten
+from nocollapse.config import BOOKKEEPING_KEYS, flatten
 from nocollapse.errors import UserError
 from nocollapse.report import plots
 from nocollapse.report.runs import RunRecord, expand_run_dirs, few_label_entries, knn_key, load_runs
@@ -29,8 +29,6 @@ from nocollapse.train.run_data import UNLABELLED_PROBE_IMAGES
 
 REPORT_FILE = "index.html"
 SEEDS_FILE = "seeds.md"  # the table over seeds in Markdown, beside the page
-# Settings that name or place a run rather than change what it computes: left out of "settings that differ".
-IDENTITY_KEYS = {"run.name", "run.out_dir"}
 
 STYLE = """
 body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; color: #1d2329; margin: 0; background: #f6f7f9; }
@@ -144,13 +142,14 @@ def training_table(runs: Sequence[RunRecord]) -> str:
 
 
 def differing_settings(runs: Sequence[RunRecord]) -> str:
-    """A table of the settings whose values differ between the runs (empty for one run); where runs differ only by
-    seed, one column per setting (its seeds in the first row) and the seed-free keys left out."""
+    """A table of the settings whose values differ between the runs (empty for one run), leaving out where and how
+    each ran (:data:`~nocollapse.config.BOOKKEEPING_KEYS`); where runs differ only by seed, one column per setting,
+    its seeds in the first row."""
     if len(runs) < 2:
         return ""
     groups = group_by_seed(runs)
     grouped = len(groups) < len(runs)
-    ignored = IDENTITY_KEYS | (SEED_FREE_KEYS if grouped else set())
+    ignored = SEED_FREE_KEYS if grouped else BOOKKEEPING_KEYS  # where and how each ran is not what it computed
     flat = [flatten(group.runs[0].config) for group in groups]
     keys = sorted(k for k in set().union(*flat) if k not in ignored and len({json.dumps(f.get(k)) for f in flat}) > 1)
     if not keys:

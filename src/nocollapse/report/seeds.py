@@ -15,13 +15,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from nocollapse.config import flatten
+from nocollapse.config import BOOKKEEPING_KEYS, flatten
 from nocollapse.report.plots import INSTALL_HINT
 from nocollapse.report.runs import RunRecord
 
-# Settings that do not change what a run computes, beside its seed: runs that differ only in them are one setting.
-SEED_FREE_KEYS = {"run.seed", "run.name", "run.out_dir", "run.device", "run.log_every", "run.checkpoint_every", "run.tensorboard",
-                  "data.data_dir", "data.cache_dir", "data.stream", "data.on_device"}
+SEED_FREE_KEYS = BOOKKEEPING_KEYS | {"run.seed"}  # runs that differ only in these are one setting
 SIGNIFICANCE = 0.05  # two-sided p below which Welch's t-test tells two settings apart
 
 

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from nocollapse.augment.views import ViewGenerator
-from nocollapse.config import Config, flatten, set_value, split_overrides, validate
+from nocollapse.config import BOOKKEEPING_KEYS, Config, flatten, set_value, split_overrides, validate
 from nocollapse.data.prefetch import Prefetcher
 from nocollapse.encoder import ENCODER_FILE, encoder_metadata, file_sha256, read_weights
 from nocollapse.errors import CollapseError, NonFiniteStep, TrainingStopped, UserError
@@ -91,15 +91,16 @@ def _saved_label(run_dir: Path) -> str | None:
         return None
 
 
-# Settings that may change on resume without changing the trajectory (run.seed does change it).
-RESUME_FREE_PREFIXES = ("run.", "eval.", "data.data_dir", "data.on_device", "data.stream", "data.cache_dir")
+# Beside the bookkeeping, what a resume may change: the evaluation (it runs after training) and how the step is run
+# (autocast, memory format, compilation, skipping: the same computation, rounded differently). Never the seed.
+RESUME_FREE_PREFIXES = ("eval.", "run.amp", "run.channels_last", "run.compile", "run.max_skipped_steps")
 
 
 def changed_training_keys(before: Config, after: Config) -> list[str]:
     """``"key: old → new"`` for each setting that differs and would change what a resumed run computes."""
     old, new = flatten(before.to_dict()), flatten(after.to_dict())
     return [f"{key}: {old.get(key)!r} → {new.get(key)!r}" for key in sorted(old.keys() | new.keys())
-            if old.get(key) != new.get(key) and (key == "run.seed" or not key.startswith(RESUME_FREE_PREFIXES))]
+            if old.get(key) != new.get(key) and key not in BOOKKEEPING_KEYS and not key.startswith(RESUME_FREE_PREFIXES)]
 
 
 def load_run_config(run_dir: Path) -> Config:
