@@ -58,7 +58,8 @@ def test_every_setting_is_trained_once_for_each_seed_and_the_quick_budget_shorte
     assert "model.predictor_hidden=0" in by_name["byol-no-predictor-seed1"].overrides
     assert "optim.epochs=1" in by_name["byol-seed0"].overrides and "optim.epochs=2" in by_name["wmse2-seed0"].overrides
     full = {run.name: run for run in planned_runs(claims.CLAIMS, claims.FULL)}
-    assert all("optim.epochs=1" not in run.overrides for run in full.values())
+    assert all("optim.epochs=1" not in run.overrides and not any(o.startswith("eval.") for o in run.overrides) for run in full.values())
+    assert all("eval.train_samples=10000" in run.overrides for run in runs)  # quick: kNN from the monitor's bank
     # W-MSE 2 and 4 at the same steps of 256 views: 6 × 468 against 3 × 937 in full, 2 × 468 against 1 × 937 when quick.
     assert "optim.epochs=6" in full["wmse2-seed0"].overrides and by_name["wmse4-seed0"].overrides[0] == "optim.epochs=1"
 

@@ -19,6 +19,7 @@ from nocollapse.eval import (
     encoder_features,
     format_geometry_table,
     geometry_scores,
+    knn_accuracy,
     positive_views,
     rankme,
     score_features,
@@ -30,7 +31,9 @@ from nocollapse.losses import uniformity_loss
 from nocollapse.methods import build_method
 from nocollapse.nn.convnet import ConvNet
 from nocollapse.train.evaluation import evaluate_run
+from nocollapse.train.checkpoint import load_checkpoint
 from nocollapse.train.loop import Trainer
+from nocollapse.train.run_data import bank_rows
 
 
 def naive_separability(features, labels):
@@ -282,6 +285,57 @@ def test_eval_prints_the_geometry_table_and_saves_it_with_the_projections(tiny_r
     augment = tiny_run.config.augment
     projections = encoder_features(initial, tiny_run.test_set.images, mean=augment.mean, std=augment.std, forward=initial.embed)
     assert saved["projections"][0]["geometry"]["rankme"] == pytest.approx(rankme(projections))
+
+
+def test_the_trained_projections_from_the_scored_features_equal_a_pass_through_the_checkpoint(tiny_run, tmp_path):
+    """The evaluation projects the features it scored through the checkpoint's head; a separate pass of the checkpoint's whole
+    method (``embed``) must give the same geometry, and so must a run whose encoder.pt is no longer the checkpoint's encoder."""
+    config, test = tiny_run.config, tiny_run.test_set
+    method = build_method(config, in_channels=1)
+    method.load_state_dict(load_checkpoint(tiny_run.run_dir / "checkpoint.pt")["method"])
+    settings = {"mean": config.augment.mean, "std": config.augment.std}
+    views = positive_views(test.images, config.augment)
+    separate = geometry_scores(encoder_features(method, test.images, forward=method.embed, **settings), test.labels,
+                               views=view_features(method, views, forward=method.embed, **settings)).to_dict(spectrum=False)
+    quick = ["eval.baselines=false", "eval.linear_probe=false"]
+    run_dir = tmp_path / "copy"
+    run_dir.mkdir()
+    for name in ("config.json", "encoder.pt", "checkpoint.pt"):
+        (run_dir / name).write_bytes((tiny_run.run_dir / name).read_bytes())
+    evaluate_run(run_dir, resolve_config("fmnist", [*TINY_RUN, *quick, "run.device=cpu"]), train_set=tiny_run.train_set, test_set=test,
+                 log=lambda *_: None)
+    without_spectrum = lambda geometry: {key: value for key, value in geometry.items() if key != "spectrum"}  # noqa: E731
+    assert without_spectrum(json.loads((run_dir / "eval.json").read_text())["projections"][0]["geometry"]) == pytest.approx(separate, rel=1e-4)
+
+    replaced = {key: value + 0.5 if value.is_floating_point() else value for key, value in method.encoder.state_dict().items()}
+    torch.save(replaced, run_dir / "encoder.pt")
+    evaluate_run(run_dir, resolve_config("fmnist", [*TINY_RUN, *quick, "run.device=cpu"]), train_set=tiny_run.train_set, test_set=test,
+                 log=lambda *_: None)
+    saved = json.loads((run_dir / "eval.json").read_text())
+    assert without_spectrum(saved["projections"][0]["geometry"]) == pytest.approx(separate, rel=1e-4)
+    assert saved["rows"][0]["geometry"]["rankme"] != pytest.approx(separate["rankme"])  # the encoder row did score the replaced file
+
+
+def test_eval_train_samples_fits_on_the_seeds_fixed_subset_of_the_training_images(tiny_run, tmp_path):
+    config, train, test = tiny_run.config, tiny_run.train_set, tiny_run.test_set
+    run_dir = tmp_path / "copy"
+    run_dir.mkdir()
+    for name in ("config.json", "encoder.pt"):
+        (run_dir / name).write_bytes((tiny_run.run_dir / name).read_bytes())
+    lines = []
+    evaluate_run(run_dir, resolve_config("fmnist", [*TINY_RUN, "run.device=cpu", "eval.baselines=false", "eval.train_samples=40"]),
+                 train_set=train, test_set=test, log=lines.append)
+    assert "fitting on 40 of the 128 training images (eval.train_samples)" in "\n".join(lines)
+    saved = json.loads((run_dir / "eval.json").read_text())
+    assert saved["labelled_train_images"] == 40
+    rows = bank_rows(len(train), 40, config.run.seed)
+    assert len(set(rows.tolist())) == 40 and torch.equal(rows, bank_rows(len(train), 40, config.run.seed))  # fixed by the seed
+    settings = {"mean": config.augment.mean, "std": config.augment.std}
+    encoder = tiny_run.method.encoder
+    bank, queries = encoder_features(encoder, train.images[rows], **settings), encoder_features(encoder, test.images, **settings)
+    expected = knn_accuracy(bank, train.labels[rows], queries, test.labels, num_classes=10, k=5, temperature=config.eval.knn_temperature)
+    assert saved["rows"][0]["knn"]["5"] == pytest.approx(expected)
+    assert not torch.equal(bank_rows(len(train), 40, config.run.seed + 1), rows)
 
 
 def test_eval_without_the_checkpoint_skips_the_trained_projections(tiny_run, tmp_path):

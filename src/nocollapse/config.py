@@ -125,7 +125,8 @@ class EvalConfig:
     knn_temperature: float = 0.1  # T in the vote weight exp(cos/T) (InstDisc/lightly protocol)
     knn_euclidean_k: tuple[int, ...] = ()  # also report W-MSE's kNN protocol (Euclidean, unweighted; k=5 in the paper); empty: off
     monitor_every: int = 1  # kNN monitor on the test split every N epochs (0: off)
-    monitor_train_samples: int = 10000  # training images that form the monitor's kNN bank (all: 0); the final evaluation uses all
+    monitor_train_samples: int = 10000  # training images that form the monitor's kNN bank (all: 0); the final evaluation uses eval.train_samples
+    train_samples: int = 0  # training images the final evaluation fits on (kNN bank, linear probe, label subsets): a fixed subset drawn from run.seed, the monitor's when the sizes agree; 0: all, the protocol papers report
     linear_probe: bool = True  # train a linear classifier on frozen features in the final evaluation
     online_probe: bool = True  # accuracy while training: a linear head on the detached encoder features of each batch, trained alongside (solo-learn's online eval), logged as online_top1; needs labelled pretraining images, changes nothing in training
     probe_epochs: int = 30  # linear-probe epochs (Adam, cosine); 30 keeps evaluation within the CPU budget, raise for final numbers
@@ -534,6 +535,7 @@ RULES: dict[str, Rule] = {
     "eval.knn_euclidean_k": tuple_of(integer(1), note=" (none: off)"),
     "eval.monitor_every": integer(0, note=" (0: off)"),
     "eval.monitor_train_samples": integer(0, note=" (0: all)"),
+    "eval.train_samples": integer(0, note=" (0: all)"),
     "eval.linear_probe": BOOL,
     "eval.online_probe": BOOL,
     "eval.probe_epochs": integer(1),

@@ -345,7 +345,7 @@ FIGURES: list[tuple[str, str, Callable[[Sequence[RunRecord]], Any], str]] = [
      "Mean of each loss term over each logging window. The total is what the optimiser minimises; the other panels are its weighted parts."),
     ("knn", "Accuracy during training", plots.knn_figure,
      "Top-1 of a cosine kNN classifier on the test split, measured at the end of epochs from a fixed bank of training images "
-     "(eval.monitor_train_samples). Star: the final evaluation, which votes from the whole training set. Dashed: the online "
+     "(eval.monitor_train_samples). Star: the final evaluation, which votes from the whole training set (or eval.train_samples of it). Dashed: the online "
      "probe (eval.online_probe), a linear head trained alongside on the detached features of the training views, its top-1 on "
      "each window's batches before it learns from them; it reads below the final probe, and its use is the trend. Dotted: "
      "raw pixels in the final evaluation, the bar a representation must clear."),

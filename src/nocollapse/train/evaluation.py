@@ -20,14 +20,14 @@ from nocollapse.eval.evaluate import RepresentationScores, format_few_label_tabl
 from nocollapse.eval.few_labels import draw_subsets, label_subsets
 from nocollapse.eval.finetune import FinetuneRecipe, finetune
 from nocollapse.eval.transfer import TransferTarget, load_target
-from nocollapse.eval.features import encoder_features, pixel_features, positive_views, view_features
+from nocollapse.eval.features import encoder_features, pixel_features, positive_views, projection_features, view_features
 from nocollapse.eval.geometry import UNIFORMITY_SAMPLES, GeometryScores, geometry_scores
 from nocollapse.methods import Method, build_method, method_label
 from nocollapse.nn.backbones import build_backbone
 from nocollapse.train.amp import use_bf16
 from nocollapse.train.checkpoint import load_checkpoint, save_checkpoint, save_json
 from nocollapse.train.loop import CHECKPOINT, load_run_config, select_device
-from nocollapse.train.run_data import load_run_data, unlabelled_probe
+from nocollapse.train.run_data import bank_rows, load_run_data, unlabelled_probe
 
 EVAL_FILE = "eval.json"
 EMBEDDINGS_FILE = "test_embeddings.pt"
@@ -67,6 +67,13 @@ def evaluate_encoder(model: str | Path, dataset: str, out_dir: Path, *, data_dir
     return evaluate_run(out_dir, config, device=device, log=log)
 
 
+def fitting_subset(train_set: ImageDataset, size: int, seed: int, log: Callable[[str], object] = print) -> ImageDataset:
+    """The ``size`` training images (:func:`~nocollapse.train.run_data.bank_rows`) that ``eval.train_samples`` fits on."""
+    rows = bank_rows(len(train_set), size, seed)
+    log(f"  fitting on {size} of the {len(train_set)} training images (eval.train_samples)")
+    return ImageDataset(images=train_set.images[rows], labels=train_set.labels[rows], classes=train_set.classes, name=train_set.name)
+
+
 def evaluate_run(
     run_dir: Path,
     config: Config | None = None,
@@ -102,6 +109,8 @@ def evaluate_run(
         data = load_run_data(config.data, pretrain=False, log=log)
         train_set, test_set = train_set or data.train, test_set or data.test
     labelled = train_set is not None and test_set is not None
+    if labelled and 0 < config.eval.train_samples < len(train_set):
+        train_set = fitting_subset(train_set, config.eval.train_samples, config.run.seed, log)
     if test_set is None:  # geometry only, of the pretraining images the monitor followed
         pretrain = load_run_data(config.data, log=log).pretrain_images
         test_set = ImageDataset(images=unlabelled_probe(pretrain, config.run.seed), labels=None, classes=[],
@@ -133,18 +142,22 @@ def evaluate_run(
         log(f"  scored {name} in {row.seconds:.1f}s")
         return row
 
-    def encoder_rows(name: str, encoder: torch.nn.Module) -> tuple[RepresentationScores, torch.Tensor]:
-        """The scores of ``encoder`` and its test features."""
+    def test_features_of(encoder: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+        """``encoder``'s features of the test images and of their views."""
         encoder.to(device_)
-        features = lambda images: encoder_features(encoder, images, device=device_, **forward_settings)
-        test_features = features(test_set.images)
-        train_features = features(train_set.images) if labelled else None
-        return score(name, train_features, test_features, view_features(encoder, views, **forward_settings)), test_features
+        return encoder_features(encoder, test_set.images, device=device_, **forward_settings), view_features(encoder, views, **forward_settings)
 
-    def projection_row(name: str, method: Method) -> tuple[str, GeometryScores]:
+    def encoder_rows(name: str, encoder: torch.nn.Module) -> tuple[RepresentationScores, tuple[torch.Tensor, torch.Tensor]]:
+        """The scores of ``encoder`` and its test features (of the images, of their views)."""
+        test_features, test_views = test_features_of(encoder)
+        train_features = encoder_features(encoder, train_set.images, device=device_, **forward_settings) if labelled else None
+        return score(name, train_features, test_features, test_views), (test_features, test_views)
+
+    def projection_row(name: str, method: Method, features: tuple[torch.Tensor, torch.Tensor]) -> tuple[str, GeometryScores]:
+        """The geometry of ``method``'s projections of the test images and views, from its encoder's ``features`` of them
+        through its head: one encoder pass serves the encoder's row and the projections."""
         method.to(device_)
-        projections = encoder_features(method, test_set.images, device=device_, forward=method.embed, **forward_settings)
-        view_projections = view_features(method, views, forward=method.embed, **forward_settings)
+        projections, view_projections = (projection_features(method, f) for f in features)
         return name, geometry_scores(projections, test_set.labels, views=view_projections)
 
     model = config.model
@@ -156,18 +169,19 @@ def evaluate_run(
     if e.baselines:
         rows.append(score("raw pixels", pixel_features(train_set.images).to(device_) if labelled else None, pixel_features(test_set.images).to(device_),
                           pixel_views(views, test_set.images.shape[-2:]).flatten(2)))
-        rows.append(encoder_rows(f"random {model.backbone}", initial.encoder)[0])
-        projection_rows.append(projection_row(f"random {method_label(config)} projections", initial))
+        random_row, random_features = encoder_rows(f"random {model.backbone}", initial.encoder)
+        rows.append(random_row)
+        projection_rows.append(projection_row(f"random {method_label(config)} projections", initial, random_features))
     trained = build_backbone(model.backbone, in_channels=in_channels, widths=model.widths, depth=model.depth, stem=model.stem,
                              zero_init_residual=model.zero_init_residual, image_size=image_size)
     try:
         trained.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     except Exception as error:
         raise UserError(f"cannot load {weights} ({type(error).__name__}: {error}); the file is damaged or from another architecture") from None
-    trained_row, trained_test_features = encoder_rows(f"{method_label(config)} {config.model.backbone}", trained)
+    trained_row, trained_features = encoder_rows(f"{method_label(config)} {config.model.backbone}", trained)
     rows.append(trained_row)
     if labelled:  # the report colours its map by class
-        save_test_embeddings(run_dir / EMBEDDINGS_FILE, trained_test_features, test_set, seed=config.run.seed)
+        save_test_embeddings(run_dir / EMBEDDINGS_FILE, trained_features[0], test_set, seed=config.run.seed)
     checkpoint = run_dir / CHECKPOINT
     if checkpoint.is_file():
         method = build_method(config, in_channels, image_size)
@@ -176,7 +190,11 @@ def evaluate_run(
         except (KeyError, RuntimeError) as error:
             raise UserError(f"cannot load the method from {checkpoint} ({type(error).__name__}: {error}); "
                             "the file is damaged or from another configuration") from None
-        projection_rows.append(projection_row(f"{method_label(config)} projections", method))
+        # encoder.pt is the checkpoint's encoder unless a file was replaced since: then the checkpoint's own features.
+        theirs = method.encoder.state_dict()
+        same = all(key in theirs and torch.equal(value.cpu(), theirs[key].cpu()) for key, value in trained.state_dict().items())
+        projection_rows.append(projection_row(f"{method_label(config)} projections", method,
+                                              trained_features if same else test_features_of(method.encoder)))
     else:
         log(f"  no {CHECKPOINT} in {run_dir}: the projections of the trained method are not scored")
 

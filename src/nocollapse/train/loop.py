@@ -39,7 +39,7 @@ from nocollapse.train.amp import describe_precision, use_bf16
 from nocollapse.train.checkpoint import atomic_write_bytes, exclusive_lock, load_checkpoint, save_checkpoint, save_json, save_safetensors
 from nocollapse.train.collapse import CollapseWatch
 from nocollapse.train.distributed import gather_views, init_distributed, mean_over_processes, shutdown_distributed
-from nocollapse.train.run_data import load_run_data, unlabelled_probe
+from nocollapse.train.run_data import bank_rows, load_run_data, unlabelled_probe
 from nocollapse.train.online_probe import OnlineProbe, pretraining_labels
 from nocollapse.train.optim import build_optimizer, describe_param_groups, split_param_groups
 from nocollapse.progress import Progress
@@ -667,8 +667,8 @@ class Trainer:
             probe_images, probe_labels = unlabelled_probe(self.pretrain_images, cfg.run.seed), None
         test_features = features(probe_images)
         if self.labelled:
-            bank = len(self.train_set) if cfg.eval.monitor_train_samples == 0 else min(len(self.train_set), cfg.eval.monitor_train_samples)
-            subset = torch.randperm(len(self.train_set), generator=torch.Generator().manual_seed(cfg.run.seed))[:bank]
+            subset = bank_rows(len(self.train_set), cfg.eval.monitor_train_samples, cfg.run.seed)
+            bank = len(subset)
             k = min(cfg.eval.knn_k)
             accuracy = knn_accuracy(features(self.train_set.images[subset]), self.train_set.labels[subset].to(self.device), test_features,
                                     probe_labels, num_classes=len(self.train_set.classes), k=k, temperature=cfg.eval.knn_temperature)

@@ -83,6 +83,15 @@ def held(dataset: ImageDataset) -> ImageDataset:
     return ImageDataset(images=dataset.in_memory(), labels=dataset.labels, classes=dataset.classes, name=dataset.name, skipped=dataset.skipped)
 
 
+def bank_rows(count: int, size: int, seed: int) -> Tensor:
+    """Sorted rows of a fixed subset of ``size`` of ``count`` training images, drawn from ``seed`` (all of them when ``size``
+    is 0 or at least ``count``): the kNN bank of the monitor (``eval.monitor_train_samples``) and what the final evaluation
+    fits on (``eval.train_samples``), the same images when the two sizes agree."""
+    if size == 0 or size >= count:
+        return torch.arange(count)
+    return torch.randperm(count, generator=torch.Generator().manual_seed(seed))[:size].sort().values
+
+
 def unlabelled_probe(images: Any, seed: int) -> Tensor:
     """A fixed subset (drawn from ``seed``) of UNLABELLED_PROBE_IMAGES of ``images``, on the CPU: what the monitor and
     the evaluation measure the geometry of when there is no test split."""
