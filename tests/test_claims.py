@@ -94,6 +94,12 @@ def test_one_claim_checked_end_to_end_writes_its_verdict_its_figures_and_its_com
     assert "6 done before, 0 to train" in capsys.readouterr().out
     again = json.loads((out / "claims.json").read_text())
     assert again["claims"][0]["verdict"] == byol["verdict"] and again["reused_runs"] == 6 and saved["reused_runs"] == 0
+    # A run evaluated on another number of training images (an older nocollapse's 60k bank) does not compare with the rest.
+    evaluation = out / "runs" / "byol-seed1" / "eval.json"
+    evaluation.write_text(json.dumps({**json.loads(evaluation.read_text()), "labelled_train_images": 60000}))
+    assert main(["claims", "--quick", "--only", "byol-collapse", "--out", str(out), *fixed, f"data.data_dir={tiny_data}",
+                 "eval.online_probe=false", "run.device=cpu"]) == 2
+    assert "fitted their kNN on different numbers of training images (byol-no-ema-seed0: 128" in capsys.readouterr().err
 
 
 def test_an_unknown_claim_is_refused_with_the_list(tmp_path, capsys):

@@ -138,6 +138,7 @@ SMALL = {
     "eval.knn_k": ["0", "1", "64", "65", "5,200", ""],
     "eval.knn_euclidean_k": ["", "0", "1", "64,65"],
     "eval.monitor_train_samples": ["0", "1", "2", "65"],
+    "eval.train_samples": ["0", "1", "2", "65"],
     "run.checkpoint_every": ["0", "1", "3", "-1"],
     "run.max_skipped_steps": ["0", "3", "-1"],
     "run.seed": ["0", "-1", "9223372036854775807", "9223372036854775808"],

@@ -26,6 +26,7 @@ from nocollapse.eval import (
     singular_spectrum,
     view_features,
 )
+from nocollapse.errors import UserError
 from nocollapse.eval.geometry import SUBSET_SEED
 from nocollapse.losses import uniformity_loss
 from nocollapse.methods import build_method
@@ -287,9 +288,15 @@ def test_eval_prints_the_geometry_table_and_saves_it_with_the_projections(tiny_r
     assert saved["projections"][0]["geometry"]["rankme"] == pytest.approx(rankme(projections))
 
 
-def test_the_trained_projections_from_the_scored_features_equal_a_pass_through_the_checkpoint(tiny_run, tmp_path):
+def test_the_trained_projections_from_the_scored_features_equal_a_pass_through_the_checkpoint(tiny_run, tmp_path, monkeypatch):
     """The evaluation projects the features it scored through the checkpoint's head; a separate pass of the checkpoint's whole
     method (``embed``) must give the same geometry, and so must a run whose encoder.pt is no longer the checkpoint's encoder."""
+    import nocollapse.train.evaluation as evaluation
+
+    passes = []
+    for name in ("encoder_features", "view_features"):
+        real = getattr(evaluation, name)
+        monkeypatch.setattr(evaluation, name, lambda network, *args, _real=real, **kwargs: passes.append(network) or _real(network, *args, **kwargs))
     config, test = tiny_run.config, tiny_run.test_set
     method = build_method(config, in_channels=1)
     method.load_state_dict(load_checkpoint(tiny_run.run_dir / "checkpoint.pt")["method"])
@@ -302,18 +309,23 @@ def test_the_trained_projections_from_the_scored_features_equal_a_pass_through_t
     run_dir.mkdir()
     for name in ("config.json", "encoder.pt", "checkpoint.pt"):
         (run_dir / name).write_bytes((tiny_run.run_dir / name).read_bytes())
+    passes.clear()
     evaluate_run(run_dir, resolve_config("fmnist", [*TINY_RUN, *quick, "run.device=cpu"]), train_set=tiny_run.train_set, test_set=test,
                  log=lambda *_: None)
+    assert len(passes) == 3  # the test images, their views, the training images: one pass each, through encoder.pt only
     without_spectrum = lambda geometry: {key: value for key, value in geometry.items() if key != "spectrum"}  # noqa: E731
-    assert without_spectrum(json.loads((run_dir / "eval.json").read_text())["projections"][0]["geometry"]) == pytest.approx(separate, rel=1e-4)
+    first = json.loads((run_dir / "eval.json").read_text())
+    assert without_spectrum(first["projections"][0]["geometry"]) == pytest.approx(separate, rel=1e-4)
 
     replaced = {key: value + 0.5 if value.is_floating_point() else value for key, value in method.encoder.state_dict().items()}
     torch.save(replaced, run_dir / "encoder.pt")
+    passes.clear()
     evaluate_run(run_dir, resolve_config("fmnist", [*TINY_RUN, *quick, "run.device=cpu"]), train_set=tiny_run.train_set, test_set=test,
                  log=lambda *_: None)
     saved = json.loads((run_dir / "eval.json").read_text())
+    assert len(passes) == 5  # and the checkpoint's own encoder, for the projections
     assert without_spectrum(saved["projections"][0]["geometry"]) == pytest.approx(separate, rel=1e-4)
-    assert saved["rows"][0]["geometry"]["rankme"] != pytest.approx(separate["rankme"])  # the encoder row did score the replaced file
+    assert saved["rows"][0]["geometry"]["rankme"] != pytest.approx(first["rows"][0]["geometry"]["rankme"])  # the replaced file was scored
 
 
 def test_eval_train_samples_fits_on_the_seeds_fixed_subset_of_the_training_images(tiny_run, tmp_path):
@@ -329,13 +341,21 @@ def test_eval_train_samples_fits_on_the_seeds_fixed_subset_of_the_training_image
     saved = json.loads((run_dir / "eval.json").read_text())
     assert saved["labelled_train_images"] == 40
     rows = bank_rows(len(train), 40, config.run.seed)
-    assert len(set(rows.tolist())) == 40 and torch.equal(rows, bank_rows(len(train), 40, config.run.seed))  # fixed by the seed
+    assert len(set(rows.tolist())) == 40
     settings = {"mean": config.augment.mean, "std": config.augment.std}
     encoder = tiny_run.method.encoder
     bank, queries = encoder_features(encoder, train.images[rows], **settings), encoder_features(encoder, test.images, **settings)
     expected = knn_accuracy(bank, train.labels[rows], queries, test.labels, num_classes=10, k=5, temperature=config.eval.knn_temperature)
     assert saved["rows"][0]["knn"]["5"] == pytest.approx(expected)
-    assert not torch.equal(bank_rows(len(train), 40, config.run.seed + 1), rows)
+    assert not torch.equal(bank_rows(len(train), 40, config.run.seed + 1), rows)  # another seed, other images
+
+
+def test_shots_beyond_the_eval_train_samples_are_refused_before_training(tiny_run):
+    config = resolve_config("fmnist", [*TINY_RUN, f"data.data_dir={tiny_run.config.data.data_dir}", "run.device=cpu", "eval.shots=2",
+                                       "eval.train_samples=8", f"run.out_dir={tiny_run.run_dir.parent}", "run.name=refused"])
+    with pytest.raises(UserError, match=r"eval.shots=2: class \d+ has only [01] labelled training image.*of the eval.train_samples=8 images"):
+        Trainer(config, progress=False, log=lambda *_: None)
+    assert not (tiny_run.run_dir.parent / "refused" / "checkpoint.pt").exists()
 
 
 def test_eval_without_the_checkpoint_skips_the_trained_projections(tiny_run, tmp_path):

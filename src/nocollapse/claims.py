@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nocollapse.config import EvalConfig
 from nocollapse.errors import UserError
 from nocollapse.report.runs import RunRecord, load_runs
 from nocollapse.report.seeds import SIGNIFICANCE, mean_std_text, welch_p_value
@@ -284,7 +285,7 @@ class Budget:
         return f"seeds {', '.join(map(str, self.seeds))}; {scale}"
 
 
-QUICK_BANK = 10000  # training images the quick runs' kNN votes from (eval.train_samples)
+QUICK_BANK = EvalConfig().monitor_train_samples  # training images the quick runs' kNN votes from (eval.train_samples)
 QUICK = Budget(seeds=(0, 1), quick=True, kernel_sizes=(256, 2048, 8192))
 FULL = Budget(seeds=(0, 1, 2), quick=False, kernel_sizes=(256, 2048, 8192, 16384))
 
@@ -292,7 +293,7 @@ FULL = Budget(seeds=(0, 1, 2), quick=False, kernel_sizes=(256, 2048, 8192, 16384
 def planned_runs(claims: Sequence[Claim], budget: Budget, overrides: Sequence[str] = ()) -> list[SweepRun]:
     """Every setting of ``claims`` once (BYOL is shared), for each seed."""
     settings = list({setting.name: setting for claim in claims for setting in claim.settings}.values())
-    # Quick: kNN from the monitor's 10k-image bank, not all 60k training images, whose encoding was 40% of a quick run.
+    # Quick: kNN from the monitor's bank, not all 60k training images, whose encoding was about a third of a quick run.
     quick = ["eval.linear_probe=false", "eval.baselines=false", f"eval.train_samples={QUICK_BANK}"] if budget.quick else []
     # The claim's own settings last: a setting for every run (a smaller network, another device) must not undo what a claim tests.
     return [SweepRun(f"{setting.name}-seed{seed}", setting.preset,
@@ -326,6 +327,11 @@ def check_claims(out: Path | str, *, quick: bool = False, jobs: int = 1, overrid
         raise UserError(f"{len(failed)} run(s) of the claims did not finish ({', '.join(failed)}; logs in {out / 'runs' / 'logs'}); "
                         "rerun the same command to retry them")
     records = {record.path.name: record for record in load_runs([out / "runs" / run.name for run in runs])} if runs else {}
+    fitted = {name: (record.evaluation or {}).get("labelled_train_images") for name, record in records.items()}
+    if len(set(fitted.values())) > 1:  # a directory begun by an older nocollapse, or with other eval.* settings
+        raise UserError(f"the runs in {out / 'runs'} fitted their kNN on different numbers of training images ("
+                        + ", ".join(f"{name}: {count}" for name, count in sorted(fitted.items())) + "), so their figures do not compare; "
+                        "check the claims into a fresh --out")
     verdicts = []
     for claim in chosen:
         groups = {s.name: [records[f"{s.name}-seed{seed}"] for seed in budget.seeds] for s in claim.settings}

@@ -126,13 +126,13 @@ class EvalConfig:
     knn_euclidean_k: tuple[int, ...] = ()  # also report W-MSE's kNN protocol (Euclidean, unweighted; k=5 in the paper); empty: off
     monitor_every: int = 1  # kNN monitor on the test split every N epochs (0: off)
     monitor_train_samples: int = 10000  # training images that form the monitor's kNN bank (all: 0); the final evaluation uses eval.train_samples
-    train_samples: int = 0  # training images the final evaluation fits on (kNN bank, linear probe, label subsets): a fixed subset drawn from run.seed, the monitor's when the sizes agree; 0: all, the protocol papers report
+    train_samples: int = 0  # training images the final evaluation fits on, as if they were the whole split (kNN bank, linear probe, the label fractions and shots, fine-tuning): a fixed subset drawn from run.seed, the monitor's when the sizes agree; for speed; 0: all, the protocol papers report
     linear_probe: bool = True  # train a linear classifier on frozen features in the final evaluation
     online_probe: bool = True  # accuracy while training: a linear head on the detached encoder features of each batch, trained alongside (solo-learn's online eval), logged as online_top1; needs labelled pretraining images, changes nothing in training
     probe_epochs: int = 30  # linear-probe epochs (Adam, cosine); 30 keeps evaluation within the CPU budget, raise for final numbers
     probe_min_steps: int = 1500  # the fewest linear-probe Adam steps: small labelled sets get more epochs (1,400 images give 2 steps an epoch); Fashion-MNIST's 30 epochs (1770 steps) are above it
     baselines: bool = True  # evaluate raw pixels and a randomly initialised encoder beside the trained one
-    label_fractions: tuple[float, ...] = ()  # also score kNN and the probe fitted on these class-balanced fractions of the training labels, e.g. 0.01,0.1 (BYOL's semi-supervised table); empty: off
+    label_fractions: tuple[float, ...] = ()  # also score kNN and the probe fitted on these class-balanced fractions of the training labels (of eval.train_samples when set), e.g. 0.01,0.1 (BYOL's semi-supervised table); empty: off
     shots: tuple[int, ...] = ()  # also score them fitted on this many labelled images per class, e.g. 1,5,10; empty: off
     label_draws: int = 3  # random draws of each label subset (mean ± std over them); the same draws for every representation and every run with the same run.seed
     finetune_epochs: int = 0  # also fine-tune the encoder + a linear head end to end on the labels (all, and each label subset), beside the same network from the random-encoder baseline's initialisation, this many epochs each (0: off; eval/finetune.py has the recipe)
@@ -271,8 +271,9 @@ PRESETS: dict[str, dict[str, Any]] = {
                       "optim.warmup_epochs": 2.5, "eval.monitor_every": 25},
 }
 
-# Where a run's files live and how it is watched, never what it computes: runs that differ only in these and the seed are
-# seeds of one setting (report/seeds.py), and a resumed run may change them (train/loop.py).
+# Where a run's files live, where it runs and how it is watched: what it computes but for rounding (a device can change
+# run.amp=auto's choice). Runs that differ only in these and the seed are seeds of one setting (report/seeds.py), and a
+# resumed run may change them (train/loop.py).
 BOOKKEEPING_KEYS = frozenset({"run.name", "run.out_dir", "run.device", "run.log_every", "run.checkpoint_every", "run.tensorboard",
                               "data.data_dir", "data.cache_dir", "data.stream", "data.on_device"})
 

@@ -143,7 +143,7 @@ def monitor_value(record: dict[str, Any], objective: str) -> float | None:
 
 
 def final_value(evaluation: dict[str, Any], objective: str, k: int) -> float:
-    """The objective of an evaluated trial: the trained encoder's kNN top-1 at ``k`` (whole training set as the bank),
+    """The objective of an evaluated trial: the trained encoder's kNN top-1 at ``k`` (the bank: the whole training set, or eval.train_samples of it),
     or its features' RankMe."""
     row = evaluation["rows"][-1]
     return row["knn"][str(k)] if objective == "knn" else row["geometry"]["rankme"]

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nocollapse.config import BOOKKEEPING_KEYS, flatten
+from nocollapse.config import flatten
 from nocollapse.errors import UserError
 from nocollapse.report import plots
 from nocollapse.report.runs import RunRecord, expand_run_dirs, few_label_entries, knn_key, load_runs
@@ -142,14 +142,13 @@ def training_table(runs: Sequence[RunRecord]) -> str:
 
 
 def differing_settings(runs: Sequence[RunRecord]) -> str:
-    """A table of the settings whose values differ between the runs (empty for one run), leaving out where and how
-    each ran (:data:`~nocollapse.config.BOOKKEEPING_KEYS`); where runs differ only by seed, one column per setting,
-    its seeds in the first row."""
+    """A table of the settings whose values differ between the runs (empty for one run); where runs differ only by
+    seed, one column per setting (its seeds in the first row) and the seed-free keys left out."""
     if len(runs) < 2:
         return ""
     groups = group_by_seed(runs)
     grouped = len(groups) < len(runs)
-    ignored = SEED_FREE_KEYS if grouped else BOOKKEEPING_KEYS  # where and how each ran is not what it computed
+    ignored = SEED_FREE_KEYS if grouped else {"run.name", "run.out_dir"}  # these always differ; where else each ran may matter
     flat = [flatten(group.runs[0].config) for group in groups]
     keys = sorted(k for k in set().union(*flat) if k not in ignored and len({json.dumps(f.get(k)) for f in flat}) > 1)
     if not keys:
@@ -359,7 +358,7 @@ FIGURES: list[tuple[str, str, Callable[[Sequence[RunRecord]], Any], str]] = [
     ("labels", "Accuracy against the number of labels", plots.label_efficiency_figure,
      "Test top-1 of kNN and the linear probe fitted on class-balanced subsets of the training labels (eval.label_fractions, "
      "eval.shots), against the number of labelled images; bars: ±1 std over the draws of each subset, the same draws for every "
-     "representation of a run. The last point is the whole training set. Dashed grey: the baselines. The gap between a trained "
+     "representation of a run. The last point is the whole training set (or the eval.train_samples the run fitted on). Dashed grey: the baselines. The gap between a trained "
      "line and the baselines at few labels is what pretraining saves in labelling. Where the run fine-tuned (eval.finetune_epochs), "
      "the last panel shows the fine-tuned encoder (solid) against the same network trained from scratch (dotted)."),
     ("seeds", "Over seeds: mean and spread", plots.seed_band_figure,

@@ -109,8 +109,8 @@ def loss_figure(runs: Sequence[RunRecord]) -> Figure | None:
 
 
 def knn_figure(runs: Sequence[RunRecord]) -> Figure | None:
-    """The per-epoch kNN top-1 of each run (a star: its final evaluation, with the whole training set as
-    the bank), its online probe's top-1 on the training views of each window (thin, dashed), and each
+    """The per-epoch kNN top-1 of each run (a star: its final evaluation, with the whole training set, or
+    eval.train_samples of it, as the bank), its online probe's top-1 on the training views of each window (thin, dashed), and each
     dataset's raw-pixel kNN from the final evaluation, dotted."""
     series, online = [], []
     for run in runs:
@@ -132,7 +132,7 @@ def knn_figure(runs: Sequence[RunRecord]) -> Figure | None:
         x, y, ks = zip(*points)
         ax.plot(x, y, marker="o", markersize=3, color=colors[run.label], label=f"{run.label} (k={ks[-1]})")
         final = (run.trained_row() or {}).get("knn", {}).get(ks[-1])
-        if final is not None:  # the final evaluation votes from the whole training set, the monitor from a subset
+        if final is not None:  # the final evaluation votes from the whole training set (or eval.train_samples), the monitor from a subset
             ax.plot([x[-1]], [100 * final], marker="*", markersize=11, color=colors[run.label], linestyle="none",
                     label=f"{run.label}, final evaluation")
         for row in run.baseline_rows():

@@ -27,7 +27,7 @@ from nocollapse.nn.backbones import build_backbone
 from nocollapse.train.amp import use_bf16
 from nocollapse.train.checkpoint import load_checkpoint, save_checkpoint, save_json
 from nocollapse.train.loop import CHECKPOINT, load_run_config, select_device
-from nocollapse.train.run_data import bank_rows, load_run_data, unlabelled_probe
+from nocollapse.train.run_data import fitting_set, load_run_data, unlabelled_probe
 
 EVAL_FILE = "eval.json"
 EMBEDDINGS_FILE = "test_embeddings.pt"
@@ -67,13 +67,6 @@ def evaluate_encoder(model: str | Path, dataset: str, out_dir: Path, *, data_dir
     return evaluate_run(out_dir, config, device=device, log=log)
 
 
-def fitting_subset(train_set: ImageDataset, size: int, seed: int, log: Callable[[str], object] = print) -> ImageDataset:
-    """The ``size`` training images (:func:`~nocollapse.train.run_data.bank_rows`) that ``eval.train_samples`` fits on."""
-    rows = bank_rows(len(train_set), size, seed)
-    log(f"  fitting on {size} of the {len(train_set)} training images (eval.train_samples)")
-    return ImageDataset(images=train_set.images[rows], labels=train_set.labels[rows], classes=train_set.classes, name=train_set.name)
-
-
 def evaluate_run(
     run_dir: Path,
     config: Config | None = None,
@@ -94,7 +87,9 @@ def evaluate_run(
     when the run has none), and with the baselines of the method at initialisation. Then, where asked:
     the same scores with few labels (``eval.label_fractions``, ``eval.shots``: each row's ``few_labels``),
     on other datasets (``eval.transfer``: ``transfer``) and after fine-tuning (``eval.finetune_epochs``:
-    ``finetune``). ``eval.json`` holds ``rows`` (accuracies and ``geometry``), ``projections`` (``name``,
+    ``finetune``). kNN, the probe, the label subsets and fine-tuning fit on all the training images, or on the fixed
+    ``eval.train_samples`` of them (:func:`~nocollapse.train.run_data.fitting_set`). ``eval.json`` holds
+    ``labelled_train_images`` (how many they fitted on), ``rows`` (accuracies and ``geometry``), ``projections`` (``name``,
     ``dim``, ``geometry``), ``transfer`` and ``finetune``; it is saved after the main tables and again after
     each later part, so a fault in one costs only that part. The trained encoder's features of a fixed
     subset of test images go to ``test_embeddings.pt`` (:func:`save_test_embeddings`) for the report's
@@ -109,8 +104,9 @@ def evaluate_run(
         data = load_run_data(config.data, pretrain=False, log=log)
         train_set, test_set = train_set or data.train, test_set or data.test
     labelled = train_set is not None and test_set is not None
-    if labelled and 0 < config.eval.train_samples < len(train_set):
-        train_set = fitting_subset(train_set, config.eval.train_samples, config.run.seed, log)
+    if labelled and len(fitted := fitting_set(train_set, config.eval.train_samples, config.run.seed)) < len(train_set):
+        log(f"  fitting on {len(fitted)} of the {len(train_set)} training images (eval.train_samples)")
+        train_set = fitted
     if test_set is None:  # geometry only, of the pretraining images the monitor followed
         pretrain = load_run_data(config.data, log=log).pretrain_images
         test_set = ImageDataset(images=unlabelled_probe(pretrain, config.run.seed), labels=None, classes=[],
@@ -191,10 +187,8 @@ def evaluate_run(
             raise UserError(f"cannot load the method from {checkpoint} ({type(error).__name__}: {error}); "
                             "the file is damaged or from another configuration") from None
         # encoder.pt is the checkpoint's encoder unless a file was replaced since: then the checkpoint's own features.
-        theirs = method.encoder.state_dict()
-        same = all(key in theirs and torch.equal(value.cpu(), theirs[key].cpu()) for key, value in trained.state_dict().items())
         projection_rows.append(projection_row(f"{method_label(config)} projections", method,
-                                              trained_features if same else test_features_of(method.encoder)))
+                                              trained_features if same_weights(trained, method.encoder) else test_features_of(method.encoder)))
     else:
         log(f"  no {CHECKPOINT} in {run_dir}: the projections of the trained method are not scored")
 
@@ -269,7 +263,8 @@ def transfer_section(config: Config, target: TransferTarget, trained: torch.nn.M
 
 def finetune_rows(config: Config, trained: torch.nn.Module, initial: torch.nn.Module, train_set: ImageDataset, test_set: ImageDataset,
                   draws: dict, *, device: torch.device, progress: bool = True, log: Callable[[str], object] = print) -> Iterator[dict]:
-    """Fine-tune the ``trained`` encoder and the ``initial`` one (the random-encoder baseline) on all the training labels and on
+    """Fine-tune the ``trained`` encoder and the ``initial`` one (the random-encoder baseline) on all of ``train_set`` (the
+    training split, or the ``eval.train_samples`` of it the evaluation fits on) and on
     each draw of each label subset (``draws``, :func:`~nocollapse.eval.few_labels.draw_subsets`), with the same recipe,
     budget and seed; yields one ``eval.json`` entry per labelled set as it is done: top-1 of each network per draw,
     steps, seconds, recipe."""
@@ -312,6 +307,12 @@ def pixel_views(views: torch.Tensor, side: tuple[int, int]) -> torch.Tensor:
         return views
     resized = F.interpolate(views.flatten(0, 1), size=tuple(side), mode="bilinear", antialias=True, align_corners=False)
     return resized.view(*views.shape[:3], *side)
+
+
+def same_weights(first: torch.nn.Module, second: torch.nn.Module) -> bool:
+    """Whether two networks hold the same parameters and buffers, wherever each lies."""
+    mine, theirs = first.state_dict(), second.state_dict()
+    return mine.keys() == theirs.keys() and all(torch.equal(mine[key].cpu(), theirs[key].cpu()) for key in mine)
 
 
 def save_test_embeddings(path: Path, features: torch.Tensor, test_set: ImageDataset, *, seed: int, samples: int = MAP_SAMPLES) -> None:

@@ -39,7 +39,7 @@ from nocollapse.train.amp import describe_precision, use_bf16
 from nocollapse.train.checkpoint import atomic_write_bytes, exclusive_lock, load_checkpoint, save_checkpoint, save_json, save_safetensors
 from nocollapse.train.collapse import CollapseWatch
 from nocollapse.train.distributed import gather_views, init_distributed, mean_over_processes, shutdown_distributed
-from nocollapse.train.run_data import bank_rows, load_run_data, unlabelled_probe
+from nocollapse.train.run_data import bank_rows, fitting_set, load_run_data, unlabelled_probe
 from nocollapse.train.online_probe import OnlineProbe, pretraining_labels
 from nocollapse.train.optim import build_optimizer, describe_param_groups, split_param_groups
 from nocollapse.progress import Progress
@@ -91,16 +91,17 @@ def _saved_label(run_dir: Path) -> str | None:
         return None
 
 
-# Beside the bookkeeping, what a resume may change: the evaluation (it runs after training) and how the step is run
-# (autocast, memory format, compilation, skipping: the same computation, rounded differently). Never the seed.
-RESUME_FREE_PREFIXES = ("eval.", "run.amp", "run.channels_last", "run.compile", "run.max_skipped_steps")
+# Beside the bookkeeping, what a resume may change: the evaluation (it runs after training), how the step is run (autocast,
+# memory format, compilation: the same computation, rounded differently) and how many bad steps it may skip. Never the seed.
+RESUME_FREE_KEYS = BOOKKEEPING_KEYS | {"run.amp", "run.channels_last", "run.compile", "run.max_skipped_steps"}
+RESUME_FREE_PREFIX = "eval."
 
 
 def changed_training_keys(before: Config, after: Config) -> list[str]:
     """``"key: old → new"`` for each setting that differs and would change what a resumed run computes."""
     old, new = flatten(before.to_dict()), flatten(after.to_dict())
     return [f"{key}: {old.get(key)!r} → {new.get(key)!r}" for key in sorted(old.keys() | new.keys())
-            if old.get(key) != new.get(key) and key not in BOOKKEEPING_KEYS and not key.startswith(RESUME_FREE_PREFIXES)]
+            if old.get(key) != new.get(key) and key not in RESUME_FREE_KEYS and not key.startswith(RESUME_FREE_PREFIX)]
 
 
 def load_run_config(run_dir: Path) -> Config:
@@ -123,8 +124,8 @@ def resume_config(run_dir: Path, overrides: list[str]) -> Config:
     validate(config)
     changed = changed_training_keys(saved, config)
     if changed:
-        raise UserError(f"cannot change {', '.join(changed)} when resuming {run_dir}: only run.* (but the seed), eval.* and "
-                        "data.data_dir may change; start a new run (another run.name) for other settings")
+        raise UserError(f"cannot change {', '.join(changed)} when resuming {run_dir}: only {RESUME_FREE_PREFIX}* and "
+                        f"{', '.join(sorted(RESUME_FREE_KEYS))} may change; start a new run (another run.name) for other settings")
     return config
 
 
@@ -276,7 +277,12 @@ class Trainer:
         # The final evaluation's settings that depend on the data, checked now rather than after the training.
         e = self.config.eval
         if self.labelled and (subsets := label_subsets(e.label_fractions, e.shots)):
-            draw_subsets(self.train_set.labels, len(self.train_set.classes), subsets, draws=1, seed=self.config.run.seed)
+            fitted = fitting_set(self.train_set, e.train_samples, self.config.run.seed)  # what the evaluation will draw them from
+            try:
+                draw_subsets(fitted.labels, len(self.train_set.classes), subsets, draws=1, seed=self.config.run.seed)
+            except UserError as error:
+                raise UserError(f"{error} (of the eval.train_samples={e.train_samples} images the evaluation fits on)"
+                                if len(fitted) < len(self.train_set) else str(error)) from None
         for text in e.transfer:
             TransferTarget.parse(text).check_splits()
         channels = self.pretrain_images.shape[1]

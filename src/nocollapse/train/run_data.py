@@ -92,6 +92,16 @@ def bank_rows(count: int, size: int, seed: int) -> Tensor:
     return torch.randperm(count, generator=torch.Generator().manual_seed(seed))[:size].sort().values
 
 
+def fitting_set(train_set: ImageDataset, size: int, seed: int) -> ImageDataset:
+    """The labelled training images the final evaluation fits on (``eval.train_samples``): ``train_set`` itself when
+    ``size`` is 0 or covers it, else its :func:`bank_rows`. The evaluation then treats them as the whole split: the
+    label fractions and fine-tuning's "100%" are of them."""
+    if size == 0 or size >= len(train_set):
+        return train_set
+    rows = bank_rows(len(train_set), size, seed)
+    return ImageDataset(images=train_set.images[rows], labels=train_set.labels[rows], classes=train_set.classes, name=train_set.name)
+
+
 def unlabelled_probe(images: Any, seed: int) -> Tensor:
     """A fixed subset (drawn from ``seed``) of UNLABELLED_PROBE_IMAGES of ``images``, on the CPU: what the monitor and
     the evaluation measure the geometry of when there is no test split."""
