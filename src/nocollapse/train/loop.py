@@ -39,7 +39,7 @@ from nocollapse.train.amp import describe_precision, use_bf16
 from nocollapse.train.checkpoint import atomic_write_bytes, exclusive_lock, load_checkpoint, save_checkpoint, save_json, save_safetensors
 from nocollapse.train.collapse import CollapseWatch
 from nocollapse.train.distributed import gather_views, init_distributed, mean_over_processes, shutdown_distributed
-from nocollapse.train.run_data import bank_rows, fitting_set, load_run_data, unlabelled_probe
+from nocollapse.train.run_data import bank_rows, load_run_data, unlabelled_probe
 from nocollapse.train.online_probe import OnlineProbe, pretraining_labels
 from nocollapse.train.optim import build_optimizer, describe_param_groups, split_param_groups
 from nocollapse.progress import Progress
@@ -277,9 +277,10 @@ class Trainer:
         # The final evaluation's settings that depend on the data, checked now rather than after the training.
         e = self.config.eval
         if self.labelled and (subsets := label_subsets(e.label_fractions, e.shots)):
-            fitted = fitting_set(self.train_set, e.train_samples, self.config.run.seed)  # what the evaluation will draw them from
+            # The labels the evaluation will draw them from (eval.train_samples: train.run_data.fitting_set).
+            fitted = self.train_set.labels[bank_rows(len(self.train_set), e.train_samples, self.config.run.seed)]
             try:
-                draw_subsets(fitted.labels, len(self.train_set.classes), subsets, draws=1, seed=self.config.run.seed)
+                draw_subsets(fitted, len(self.train_set.classes), subsets, draws=1, seed=self.config.run.seed)
             except UserError as error:
                 raise UserError(f"{error} (of the eval.train_samples={e.train_samples} images the evaluation fits on)"
                                 if len(fitted) < len(self.train_set) else str(error)) from None
