@@ -246,9 +246,7 @@ def tune(preset: str | None, out: Path | str, *, trials: int, budget_epochs: int
     # The best trial's own config at the tuning budget (the warm-up too), with this command's run.* and eval.* rather than
     # the trial's (its directory, no baselines): `train --config best.toml` places and scores it as any run.
     user = _resolve(preset, [*overrides, *budget], config_file)
-    saved = best.user_attrs.get("config")
-    best_config = Config.from_dict(saved) if saved else _resolve(  # a trial of an older nocollapse: from its parameters
-        preset, [*overrides, *budget, *(d.override(best.params[d.key], base) for d in dimensions if d.key in best.params)], config_file)
+    best_config = Config.from_dict(best.user_attrs["config"])
     best_config.run, best_config.eval = user.run, user.eval
     path = write_config_file(best_config, out / BEST_FILE, force=True)
     log(f"best: trial {best.number} ({best.user_attrs.get('run_dir')}), {_shown(best.value, chosen)}; its settings in {path}: "
