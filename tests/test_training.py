@@ -9,6 +9,8 @@ import torch
 from conftest import TINY_RUN
 from nocollapse.cli import main
 from nocollapse.config import resolve_config
+from nocollapse.report.runs import load_run
+from nocollapse.report.seeds import setting_key
 from nocollapse.train.loop import Trainer, changed_training_keys
 
 
@@ -111,9 +113,18 @@ def test_cli_train_then_eval_prints_the_table_with_baselines(tiny_data, tmp_path
     assert [r["name"] for r in saved["projections"]] == ["random byol projections", "byol projections"]
     assert all(0 <= r["knn"]["5"] <= 1 for r in saved["rows"])
 
+    written = setting_key(load_run(tmp_path / "cli"))
     assert main(["eval", str(tmp_path / "cli"), "eval.knn_k=3", "eval.linear_probe=false", "eval.baselines=false"]) == 0
     out = capsys.readouterr().out
     assert "kNN k=3" in out and "raw pixels" not in out
+    # config.json keeps what training wrote; eval.json says what its figures came from, and the report reads that.
+    assert json.loads((tmp_path / "cli" / "config.json").read_text())["eval"]["knn_k"] == [5, 20]
+    assert json.loads((tmp_path / "cli" / "eval.json").read_text())["eval_config"]["knn_k"] == [3]
+    record = load_run(tmp_path / "cli")
+    assert record.config["eval"]["knn_k"] == (3,) and record.config["eval"]["baselines"] is False
+    assert setting_key(record) != written, "a run re-evaluated otherwise is not a seed of the same setting"
+    assert main(["eval", str(tmp_path / "cli"), "eval.monitor_every=2"]) == 2
+    assert "acts while training" in capsys.readouterr().err
 
     # Starting again in the same directory is refused and the finished run is untouched.
     checkpoint = tmp_path / "cli" / "checkpoint.pt"

@@ -254,7 +254,7 @@ def write_run_report(run_dir: Path) -> None:
 
 
 def run_eval(args: argparse.Namespace) -> None:
-    from nocollapse.config import set_value, validate
+    from nocollapse.config import TRAINING_EVAL_KEYS, set_value, validate
     from nocollapse.train.evaluation import evaluate_run
     from nocollapse.train.loop import load_run_config
 
@@ -278,6 +278,9 @@ def run_eval(args: argparse.Namespace) -> None:
         key, sep, value = text.partition("=")
         if not sep or not (key.startswith("eval.") or key in ("data.data_dir", "data.cache_dir")):
             raise UserError(f"eval accepts only eval.*, data.data_dir and data.cache_dir overrides as key=value, got {text!r}")
+        if key in TRAINING_EVAL_KEYS:
+            raise UserError(f"{key} acts while training (the epoch monitor, the online probe), not in the final evaluation: "
+                            "`nocollapse eval` cannot change it; set it when training, or on `nocollapse train --resume`")
         set_value(config, key, value)
     validate(config)
     try:

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from nocollapse.config import Config
+from nocollapse.config import TRAINING_EVAL_KEYS, Config
 from nocollapse.errors import UserError
 from nocollapse.methods import method_label
 from nocollapse.train.evaluation import EMBEDDINGS_FILE, EVAL_FILE
@@ -188,6 +188,10 @@ def load_run(run_dir: Path | str, label: str | None = None) -> RunRecord:
     config = _read_json(path / "config.json")
     if not isinstance(config, dict):
         raise UserError(f"{path / 'config.json'} is not a nocollapse config (not a JSON object)")
+    if evaluation and isinstance(evaluated_with := evaluation.get("eval_config"), dict):
+        # `nocollapse eval RUN eval.KEY=VALUE` leaves config.json as training wrote it: the record says what the figures came from.
+        final = {key: value for key, value in evaluated_with.items() if f"eval.{key}" not in TRAINING_EVAL_KEYS}
+        config = {**config, "eval": {**config.get("eval", {}), **final}}
     embeddings, embeddings_problem = read_embeddings(path / EMBEDDINGS_FILE)
     return RunRecord(path=path, label=label or path.resolve().name, config=_complete_config(config),
                      environment=environment if isinstance(environment, dict) else {}, windows=windows, monitors=monitors, events=events,

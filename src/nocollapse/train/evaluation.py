@@ -89,7 +89,8 @@ def evaluate_run(
     on other datasets (``eval.transfer``: ``transfer``) and after fine-tuning (``eval.finetune_epochs``:
     ``finetune``). kNN, the probe, the label subsets and fine-tuning fit on all the training images, or on the fixed
     ``eval.train_samples`` of them (:func:`~nocollapse.train.run_data.fitting_set`). ``eval.json`` holds
-    ``labelled_train_images`` (how many they fitted on), ``rows`` (accuracies and ``geometry``), ``projections`` (``name``,
+    ``eval_config`` (the ``eval`` settings that produced it, which ``nocollapse eval RUN eval.KEY=VALUE`` may have
+    changed since config.json was written), ``labelled_train_images`` (how many they fitted on), ``rows`` (accuracies and ``geometry``), ``projections`` (``name``,
     ``dim``, ``geometry``), ``transfer`` and ``finetune``; it is saved after the main tables and again after
     each later part, so a fault in one costs only that part. The trained encoder's features of a fixed
     subset of test images go to ``test_embeddings.pt`` (:func:`save_test_embeddings`) for the report's
@@ -196,7 +197,8 @@ def evaluate_run(
     finetuned: list[dict] = []
 
     def save() -> None:
-        save_json(run_dir / EVAL_FILE, {"dataset": config.data.dataset, "labelled_train_images": len(train_set) if labelled else 0,
+        save_json(run_dir / EVAL_FILE, {"dataset": config.data.dataset, "eval_config": config.to_dict()["eval"],
+                                        "labelled_train_images": len(train_set) if labelled else 0,
                                         "rows": [row.to_dict() for row in rows], "finetune": finetuned,
                                         "transfer": [{key: value for key, value in section.items() if key != "scores"}
                                                      | {"rows": [row.to_dict() for row in section["scores"]]} for section in transferred],
