@@ -4,6 +4,7 @@ server runs: .ci/run starts one and sets NOCOLLAPSE_TEST_POSTGRES)."""
 
 import json
 import os
+import re
 from pathlib import Path
 import subprocess
 import sys
@@ -142,3 +143,17 @@ def test_a_storage_that_cannot_be_opened_is_a_clear_error(tiny_data, tmp_path):
     with pytest.raises(UserError, match="--storage nosuch://x: cannot open it"):
         tune("fmnist-byol", tmp_path / "tune", trials=1, budget_epochs=1, overrides=[*TRIAL, f"data.data_dir={tiny_data}"],
              storage="nosuch://x", log=quiet)
+
+
+def test_a_trial_the_data_refuses_fails_with_its_reason_and_the_study_stops_after_three_in_a_row(tiny_data, tmp_path, capsys):
+    overrides = [item for item in TRIAL if not item.startswith("optim.batch_size=")] + [f"data.data_dir={tiny_data}"]
+    with pytest.raises(UserError, match="no trial of tune finished"):
+        tune("fmnist-byol", tmp_path / "tune", trials=2, budget_epochs=1, overrides=overrides, space=["optim.batch_size=256|512"])
+    printed = capsys.readouterr()
+    failures = [line for line in printed.out.splitlines() if line.startswith("trial ")]
+    assert len(failures) == 3, printed.out
+    for n, line in enumerate(failures):
+        assert re.fullmatch(rf"trial {n}: .*optim.batch_size=(\d+) → failed: optim.batch_size=\1 exceeds the 128 pretraining images; lower it", line), line
+    assert "Traceback" not in printed.err
+    study = optuna.load_study(study_name="tune", storage=f"sqlite:///{tmp_path / 'tune' / 'study.db'}")
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.FAIL] * 3

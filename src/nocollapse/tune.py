@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nocollapse.config import RULES, Config, get_value, key_arity, key_item_type, key_type, resolve_config, set_value, split_overrides
-from nocollapse.errors import UserError
+from nocollapse.errors import CollapseError, NonFiniteStep, UserError
 from nocollapse.methods import REGULARIZERS
 from nocollapse.rules import first_violation
 
@@ -34,6 +34,8 @@ if TYPE_CHECKING:
 INSTALL_HINT = "pip install 'nocollapse[tune]'"
 BEST_FILE = "best.toml"
 OBJECTIVES = ("auto", "knn", "rankme")
+# What fails one trial and not the study: settings the data refuses (a batch above the images), a collapse, a non-finite step.
+FAILURES = (UserError, CollapseError, NonFiniteStep)
 MAX_FAILURES_IN_A_ROW = 3  # failed trials in a row (a bad region of the space, a broken set-up) before the study stops
 
 
@@ -176,7 +178,7 @@ def tune(preset: str | None, out: Path | str, *, trials: int, budget_epochs: int
     dimensions = parse_space(space, [dimension for dimension in default_space(base) if dimension.key not in given])
     out.mkdir(parents=True, exist_ok=True)
     url = storage or f"sqlite:///{(out / 'study.db').resolve()}"
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # this function says what happens, trial by trial
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # this function says what happens, trial by trial, failures too
     backend = _open_storage(optuna, url)
     study = optuna.create_study(storage=backend, study_name=study_name or out.resolve().name, direction="maximize", load_if_exists=True,
                                 sampler=optuna.samplers.TPESampler(seed=seed), pruner=pruner or optuna.pruners.MedianPruner(n_startup_trials=3))
@@ -212,18 +214,23 @@ def tune(preset: str | None, out: Path | str, *, trials: int, budget_epochs: int
                 if round(record["epoch"]) < budget_epochs and trial.should_prune():
                     raise optuna.TrialPruned(f"pruned after epoch {record['epoch']:g} at {value:.4g}")
 
-        trainer = Trainer(config, progress=False, log=lambda *_: None, on_monitor=report)
-        run_dir = trainer.fit()
-        rows = evaluate_run(run_dir, config, train_set=trainer.train_set, test_set=trainer.test_set, progress=False, log=lambda *_: None)
+        try:
+            trainer = Trainer(config, progress=False, log=lambda *_: None, on_monitor=report)
+            run_dir = trainer.fit()
+            rows = evaluate_run(run_dir, config, train_set=trainer.train_set, test_set=trainer.test_set, progress=False, log=lambda *_: None)
+        except FAILURES as error:  # the trial fails, the study goes on; its line says why (Optuna's traceback is not shown)
+            trial.set_user_attr("failure", str(error).splitlines()[0] if str(error) else type(error).__name__)
+            raise
         return final_value({"rows": [row.to_dict() for row in rows]}, chosen, k)
 
     def said(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         shown = ", ".join(f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}" for key, value in trial.params.items())
-        outcome = (f"{_shown(trial.value, chosen)}" if trial.state == optuna.trial.TrialState.COMPLETE else trial.state.name.lower())
+        outcome = (f"{_shown(trial.value, chosen)}" if trial.state == optuna.trial.TrialState.COMPLETE else
+                   f"failed: {trial.user_attrs['failure']}" if "failure" in trial.user_attrs else trial.state.name.lower())
         best = _best(study)
         log(f"trial {trial.number}: {shown} → {outcome}" + (f"  (best: trial {best.number}, {_shown(best.value, chosen)})" if best else ""))
 
-    from nocollapse.errors import CollapseError, NonFiniteStep, RunsStopped, TrainingStopped
+    from nocollapse.errors import RunsStopped, TrainingStopped
 
     states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     finished = lambda: len(study.get_trials(deepcopy=False, states=states))  # noqa: E731
@@ -231,7 +238,7 @@ def tune(preset: str | None, out: Path | str, *, trials: int, budget_epochs: int
     while finished() < trials and failures_in_a_row < MAX_FAILURES_IN_A_ROW:  # a failed trial does not count towards --trials
         before = finished()
         try:
-            study.optimize(run_trial, n_trials=1, callbacks=[said], catch=(UserError, CollapseError, NonFiniteStep))
+            study.optimize(run_trial, n_trials=1, callbacks=[said], catch=FAILURES)
         except TrainingStopped as stop:
             raise RunsStopped(stop.signal_name, f"the trial in progress is marked failed; run the same `nocollapse tune ... --out {out}` "
                                                 f"to go on (its finished trials are kept)") from None
