@@ -213,12 +213,11 @@ class Trainer:
             self._load(checkpoint_path)
         elif self.dist.is_main:
             with _only_trainer_of(self.run_dir):  # never overwrite the files of a run another process is training
-                pass
-            save_json(self.run_dir / "config.json", config.to_dict())
-            started_from = {"init_from": {"path": str(start[2].resolve()), "sha256": file_sha256(start[2])}} if start else {}
-            save_json(self.run_dir / "environment.json", {**environment(self.device, self.dist.world_size),
-                                                                "precision": describe_precision(config.run.amp, self.device), **started_from})
-            (self.run_dir / METRICS).unlink(missing_ok=True)
+                save_json(self.run_dir / "config.json", config.to_dict())
+                started_from = {"init_from": {"path": str(start[2].resolve()), "sha256": file_sha256(start[2])}} if start else {}
+                save_json(self.run_dir / "environment.json", {**environment(self.device, self.dist.world_size),
+                                                                    "precision": describe_precision(config.run.amp, self.device), **started_from})
+                (self.run_dir / METRICS).unlink(missing_ok=True)
             if config.run.tensorboard:
                 self.tensorboard = TensorBoardLog(self.run_dir / "tensorboard")
 
