@@ -150,3 +150,26 @@ def test_without_scipy_the_table_has_its_means_and_says_why_nothing_is_tested(tm
     scores = seed_scores(group_by_seed(runs))
     assert "scipy is not installed" in scores.untested and "pip install 'nocollapse[report]'" in markdown_table(scores)
     assert [row[0].best for row in scores.cells] == [True, False] and scores.cells[1][0].p_value is None
+
+
+def test_a_re_evaluation_groups_by_the_settings_its_figures_came_from(tmp_path):
+    def run(label, seed, trained, evaluated=None, extra=None):
+        config = resolve_config("fmnist-byol", [f"run.seed={seed}", *trained]).to_dict()
+        evaluation = {"rows": [], "projections": []}
+        if evaluated is not None:  # what `nocollapse eval RUN eval.KEY=VALUE` records; older versions recorded nothing
+            evaluation["eval_config"] = resolve_config("fmnist-byol", [f"run.seed={seed}", *evaluated]).to_dict()["eval"] | (extra or {})
+        return RunRecord(path=tmp_path / label, label=label, config=config, environment={}, evaluation=evaluation)
+
+    fractions = run("fractions-seed0", 0, ["eval.label_fractions=0.01"])
+    re_evaluated = run("fractions-seed1", 1, [], ["eval.label_fractions=0.01"], extra={"a_later_setting": 1})  # unknown keys ignored
+    assert re_evaluated.final_eval["label_fractions"] == (0.01,) and "a_later_setting" not in re_evaluated.final_eval
+    assert "monitor_every" not in re_evaluated.final_eval  # the training-time settings are the training's, not the evaluation's
+    old = run("fractions-seed2", 2, ["eval.label_fractions=0.01"])  # an eval.json without eval_config: config.json's settings
+    assert old.final_eval == fractions.final_eval
+    # k shapes the epoch monitor too: trained with k = 5, 20 and re-evaluated at k = 3 is not a run trained at k = 3.
+    monitored_at_5 = run("k-seed0", 0, ["eval.knn_k=5,20"], ["eval.knn_k=3"])
+    monitored_at_3 = run("k-seed1", 1, ["eval.knn_k=3"])
+    damaged = run("damaged-seed0", 0, [], [], extra={"knn_k": "many"})  # a record that does not parse: config.json's settings
+    assert damaged.final_eval == fractions.final_eval | {"label_fractions": ()}
+    groups = group_by_seed([fractions, re_evaluated, old, monitored_at_5, monitored_at_3])
+    assert [(group.label, group.seeds) for group in groups] == [("fractions", [0, 1, 2]), ("k-seed0", [0]), ("k-seed1", [1])]

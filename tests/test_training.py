@@ -121,7 +121,7 @@ def test_cli_train_then_eval_prints_the_table_with_baselines(tiny_data, tmp_path
     assert json.loads((tmp_path / "cli" / "config.json").read_text())["eval"]["knn_k"] == [5, 20]
     assert json.loads((tmp_path / "cli" / "eval.json").read_text())["eval_config"]["knn_k"] == [3]
     record = load_run(tmp_path / "cli")
-    assert record.config["eval"]["knn_k"] == (3,) and record.config["eval"]["baselines"] is False
+    assert record.final_eval["knn_k"] == (3,) and record.final_eval["baselines"] is False and record.config["eval"]["knn_k"] == (5, 20)
     assert setting_key(record) != written, "a run re-evaluated otherwise is not a seed of the same setting"
     assert main(["eval", str(tmp_path / "cli"), "eval.monitor_every=2"]) == 2
     assert "acts while training" in capsys.readouterr().err

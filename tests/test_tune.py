@@ -157,3 +157,9 @@ def test_a_trial_the_data_refuses_fails_with_its_reason_and_the_study_stops_afte
     assert "Traceback" not in printed.err
     study = optuna.load_study(study_name="tune", storage=f"sqlite:///{tmp_path / 'tune' / 'study.db'}")
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.FAIL] * 3
+    # Settings that break a rule only together (a warm-up longer than the budget) fail when the trial's config is built.
+    with pytest.raises(UserError, match="no trial of tune-rules finished"):
+        tune("fmnist-byol", tmp_path / "tune-rules", trials=2, budget_epochs=1, overrides=[*TRIAL, f"data.data_dir={tiny_data}"],
+             space=["optim.warmup_epochs=2:3"])
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("trial ")]
+    assert len(lines) == 3 and all(re.search(r"→ failed: optim.warmup_epochs=2\.\d+: must be at most optim.epochs=1$", line) for line in lines), lines

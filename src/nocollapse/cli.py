@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--quiet", action="store_true", help="no progress bar")
 
     evaluate = commands.add_parser("eval", help="re-evaluate a saved run, or score any encoder",
-                                   description="Evaluate RUN_DIR/encoder.pt with the run's own settings (eval.* overrides allowed), or with "
+                                   description="Evaluate RUN_DIR/encoder.pt with the run's own settings (eval.* overrides allowed, but for the monitor's and the online probe's), or with "
                                                "--encoder PATH --dataset NAME an encoder no run trained (a run directory, an "
                                                "encoder.safetensors, or a .pt state dict beside its config.json), beside the same baselines.")
     evaluate.add_argument("run_dir", type=Path, nargs="?", help="a run directory (leave out with --encoder)")
@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--data-dir", help="with --encoder: where the dataset's files are")
     evaluate.add_argument("--out", type=Path, help="with --encoder: the directory for config.json, eval.json and the report "
                                                    "(default runs/eval-<encoder name>)")
-    evaluate.add_argument("overrides", nargs="*", metavar="key=value", help="eval.* or data.data_dir overrides, e.g. eval.knn_k=5,20,200, "
+    evaluate.add_argument("overrides", nargs="*", metavar="key=value", help="eval.*, data.data_dir or data.cache_dir overrides, e.g. eval.knn_k=5,20,200, "
                                                                                    "eval.label_fractions=0.01,0.1, eval.shots=1,5,10, eval.finetune_epochs=3, eval.transfer=NAME[:DIR],...")
     evaluate.add_argument("--device", help="auto | cpu | cuda | cuda:N")
     evaluate.add_argument("--no-report", action="store_true", help="do not rewrite the run's HTML report")
@@ -280,7 +280,7 @@ def run_eval(args: argparse.Namespace) -> None:
             raise UserError(f"eval accepts only eval.*, data.data_dir and data.cache_dir overrides as key=value, got {text!r}")
         if key in TRAINING_EVAL_KEYS:
             raise UserError(f"{key} acts while training (the epoch monitor, the online probe), not in the final evaluation: "
-                            "`nocollapse eval` cannot change it; set it when training, or on `nocollapse train --resume`")
+                            "`nocollapse eval` cannot change it; set it when training a new run")
         set_value(config, key, value)
     validate(config)
     try:

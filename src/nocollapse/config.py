@@ -276,8 +276,10 @@ PRESETS: dict[str, dict[str, Any]] = {
 # resumed run may change them (train/loop.py).
 BOOKKEEPING_KEYS = frozenset({"run.name", "run.out_dir", "run.device", "run.log_every", "run.checkpoint_every", "run.tensorboard",
                               "data.data_dir", "data.cache_dir", "data.stream", "data.on_device"})
-# The eval settings that act while training (the epoch monitor, the online probe): `nocollapse eval` cannot change them.
+# The eval settings that act only while training (the epoch monitor, the online probe): `nocollapse eval` cannot change them.
 TRAINING_EVAL_KEYS = frozenset({"eval.monitor_every", "eval.monitor_train_samples", "eval.online_probe"})
+# Those and the ones the epoch monitor shares with the final evaluation (its k is the smallest of eval.knn_k).
+MONITOR_EVAL_KEYS = TRAINING_EVAL_KEYS | {"eval.knn_k", "eval.knn_temperature"}
 
 
 def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:

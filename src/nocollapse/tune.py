@@ -202,9 +202,6 @@ def tune(preset: str | None, out: Path | str, *, trials: int, budget_epochs: int
 
         name = f"{prefix}trial{trial.number:03d}"
         searched = [dimension.override(dimension.suggest(trial), base) for dimension in dimensions]
-        config = _resolve(preset, [*fixed, *searched, f"run.name={name}"], config_file)
-        trial.set_user_attr("run_dir", str(out / name))
-        trial.set_user_attr("config", config.to_dict())  # best.toml comes from it, whichever process and --space ran the trial
 
         def report(record: dict[str, Any]) -> None:
             value = monitor_value(record, chosen)
@@ -215,18 +212,27 @@ def tune(preset: str | None, out: Path | str, *, trials: int, budget_epochs: int
                     raise optuna.TrialPruned(f"pruned after epoch {record['epoch']:g} at {value:.4g}")
 
         try:
+            config = _resolve(preset, [*fixed, *searched, f"run.name={name}"], config_file)  # the searched values together may break a rule
+            trial.set_user_attr("run_dir", str(out / name))
+            trial.set_user_attr("config", config.to_dict())  # best.toml comes from it, whichever process and --space ran the trial
             trainer = Trainer(config, progress=False, log=lambda *_: None, on_monitor=report)
             run_dir = trainer.fit()
             rows = evaluate_run(run_dir, config, train_set=trainer.train_set, test_set=trainer.test_set, progress=False, log=lambda *_: None)
-        except FAILURES as error:  # the trial fails, the study goes on; its line says why (Optuna's traceback is not shown)
+            value = final_value({"rows": [row.to_dict() for row in rows]}, chosen, k)
+            if not math.isfinite(value):
+                raise UserError(f"its {OBJECTIVE_NAMES[chosen]} is {value}")
+        except optuna.TrialPruned:
+            raise
+        except Exception as error:  # its line says why, without Optuna's traceback; FAILURES fail the trial, the rest the study
             trial.set_user_attr("failure", str(error).splitlines()[0] if str(error) else type(error).__name__)
             raise
-        return final_value({"rows": [row.to_dict() for row in rows]}, chosen, k)
+        return value
 
     def said(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         shown = ", ".join(f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}" for key, value in trial.params.items())
         outcome = (f"{_shown(trial.value, chosen)}" if trial.state == optuna.trial.TrialState.COMPLETE else
-                   f"failed: {trial.user_attrs['failure']}" if "failure" in trial.user_attrs else trial.state.name.lower())
+                   f"failed: {trial.user_attrs.get('failure', 'see its run directory')}" if trial.state == optuna.trial.TrialState.FAIL
+                   else trial.state.name.lower())
         best = _best(study)
         log(f"trial {trial.number}: {shown} → {outcome}" + (f"  (best: trial {best.number}, {_shown(best.value, chosen)})" if best else ""))
 

@@ -7,6 +7,7 @@ line of a killed run may be cut short) and strict where the directory is not a r
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -15,7 +16,7 @@ from typing import Any
 
 import torch
 
-from nocollapse.config import TRAINING_EVAL_KEYS, Config
+from nocollapse.config import TRAINING_EVAL_KEYS, Config, EvalConfig
 from nocollapse.errors import UserError
 from nocollapse.methods import method_label
 from nocollapse.train.evaluation import EMBEDDINGS_FILE, EVAL_FILE
@@ -69,6 +70,11 @@ class RunRecord:
             return str(self.config.get("method", {}).get("name", "?"))
 
     @property
+    def final_eval(self) -> dict[str, Any]:
+        """The ``eval`` settings of the final evaluation, which a re-evaluation may have changed (:func:`final_eval_settings`)."""
+        return final_eval_settings(self.config, self.evaluation)
+
+    @property
     def dataset(self) -> str:
         return str(self.config.get("data", {}).get("dataset", "?"))
 
@@ -99,6 +105,22 @@ def _read_json(path: Path) -> Any:
         return json.loads(path.read_text())
     except json.JSONDecodeError as error:
         raise UserError(f"{path} is not valid JSON ({error}); the file is damaged") from None
+
+
+def final_eval_settings(config: dict[str, Any], evaluation: dict[str, Any] | None) -> dict[str, Any]:
+    """The ``eval`` settings the final evaluation ran with, without those that act only while training: ``eval.json``'s
+    ``eval_config`` where it has one (`nocollapse eval RUN eval.KEY=VALUE` changes them after config.json was written),
+    else config.json's. Keys this version does not know are left out, and a record that does not parse gives way to
+    config.json's settings."""
+    settings = dict(config.get("eval", {}))
+    recorded = (evaluation or {}).get("eval_config")
+    if isinstance(recorded, dict):
+        known = {f.name for f in dataclasses.fields(EvalConfig)}
+        try:
+            settings = Config.from_dict({"eval": {**settings, **{k: v for k, v in recorded.items() if k in known}}}).to_dict()["eval"]
+        except (UserError, ValueError, TypeError):
+            pass
+    return {key: value for key, value in settings.items() if f"eval.{key}" not in TRAINING_EVAL_KEYS}
 
 
 def _complete_config(saved: dict[str, Any]) -> dict[str, Any]:
@@ -188,12 +210,9 @@ def load_run(run_dir: Path | str, label: str | None = None) -> RunRecord:
     config = _read_json(path / "config.json")
     if not isinstance(config, dict):
         raise UserError(f"{path / 'config.json'} is not a nocollapse config (not a JSON object)")
-    if evaluation and isinstance(evaluated_with := evaluation.get("eval_config"), dict):
-        # `nocollapse eval RUN eval.KEY=VALUE` leaves config.json as training wrote it: the record says what the figures came from.
-        final = {key: value for key, value in evaluated_with.items() if f"eval.{key}" not in TRAINING_EVAL_KEYS}
-        config = {**config, "eval": {**config.get("eval", {}), **final}}
+    config = _complete_config(config)
     embeddings, embeddings_problem = read_embeddings(path / EMBEDDINGS_FILE)
-    return RunRecord(path=path, label=label or path.resolve().name, config=_complete_config(config),
+    return RunRecord(path=path, label=label or path.resolve().name, config=config,
                      environment=environment if isinstance(environment, dict) else {}, windows=windows, monitors=monitors, events=events,
                      evaluation=evaluation, embeddings=embeddings, embeddings_problem=embeddings_problem, skipped_lines=skipped)
 

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from nocollapse.config import BOOKKEEPING_KEYS, flatten
+from nocollapse.config import BOOKKEEPING_KEYS, MONITOR_EVAL_KEYS, flatten
 from nocollapse.report.plots import INSTALL_HINT
 from nocollapse.report.runs import RunRecord
 
@@ -41,8 +41,12 @@ class RunGroup:
 
 
 def setting_key(run: RunRecord) -> str:
-    """What a run computes apart from its seed: its config without :data:`SEED_FREE_KEYS`."""
-    return json.dumps({key: value for key, value in flatten(run.config).items() if key not in SEED_FREE_KEYS}, sort_keys=True, default=str)
+    """What a run computes apart from its seed: what it trained with (its config without :data:`SEED_FREE_KEYS`, and of
+    the ``eval`` settings those that shape its epoch monitor) and what its final evaluation ran with (``run.final_eval``,
+    which a re-evaluation may have changed)."""
+    trained = {key: value for key, value in flatten(run.config).items()
+               if key not in SEED_FREE_KEYS and (not key.startswith("eval.") or key in MONITOR_EVAL_KEYS)}
+    return json.dumps(trained | {f"final {key}": value for key, value in run.final_eval.items()}, sort_keys=True, default=str)
 
 
 def group_by_seed(runs: Sequence[RunRecord]) -> list[RunGroup]:
