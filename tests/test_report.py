@@ -203,8 +203,8 @@ def test_the_geometry_and_training_tables_hold_the_runs_numbers(two_runs, report
 
 def test_the_page_names_the_settings_that_differ_and_each_runs_environment(two_runs, report):
     _, page = report
-    assert page.tables["settings-table"] == [["setting", "byol", "byol-unif"], ["eval.label_draws", "3", "2"],
-                                             ["eval.label_fractions", "[]", "[0.25]"], ["eval.shots", "[]", "[2]"],
+    assert page.tables["settings-table"] == [["setting", "byol", "byol-unif"], ["final eval.label_draws", "3", "2"],
+                                             ["final eval.label_fractions", "[]", "[0.25]"], ["final eval.shots", "[]", "[2]"],
                                              ["regularizers.uniformity", "0.0", "1.0"]]
     environment = json.loads((two_runs[0] / "environment.json").read_text())
     facts = {row[0]: row[1] for table in page.tables.values() for row in table if len(row) == 2}

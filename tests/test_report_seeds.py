@@ -173,3 +173,7 @@ def test_a_re_evaluation_groups_by_the_settings_its_figures_came_from(tmp_path):
     assert damaged.final_eval == fractions.final_eval | {"label_fractions": ()}
     groups = group_by_seed([fractions, re_evaluated, old, monitored_at_5, monitored_at_3])
     assert [(group.label, group.seeds) for group in groups] == [("fractions", [0, 1, 2]), ("k-seed0", [0]), ("k-seed1", [1])]
+    # The report's table of what differs names the evaluation setting that splits the groups, not config.json's.
+    from nocollapse.report.html import differing_settings
+    table = differing_settings([fractions, re_evaluated, run("plain-seed0", 0, [])])
+    assert "final eval.label_fractions" in table and "<td>eval.label_fractions" not in table

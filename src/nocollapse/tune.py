@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nocollapse.config import RULES, Config, get_value, key_arity, key_item_type, key_type, resolve_config, set_value, split_overrides
-from nocollapse.errors import CollapseError, NonFiniteStep, UserError
+from nocollapse.errors import CollapseError, NonFiniteStep, TrainingStopped, UserError
 from nocollapse.methods import REGULARIZERS
 from nocollapse.rules import first_violation
 
@@ -219,9 +219,9 @@ def tune(preset: str | None, out: Path | str, *, trials: int, budget_epochs: int
             run_dir = trainer.fit()
             rows = evaluate_run(run_dir, config, train_set=trainer.train_set, test_set=trainer.test_set, progress=False, log=lambda *_: None)
             value = final_value({"rows": [row.to_dict() for row in rows]}, chosen, k)
-            if not math.isfinite(value):
+            if not (isinstance(value, (int, float)) and math.isfinite(value)):
                 raise UserError(f"its {OBJECTIVE_NAMES[chosen]} is {value}")
-        except optuna.TrialPruned:
+        except (optuna.TrialPruned, TrainingStopped):  # not failures of the trial's settings: a pruned trial, a stop signal
             raise
         except Exception as error:  # its line says why, without Optuna's traceback; FAILURES fail the trial, the rest the study
             trial.set_user_attr("failure", str(error).splitlines()[0] if str(error) else type(error).__name__)
@@ -236,7 +236,7 @@ def tune(preset: str | None, out: Path | str, *, trials: int, budget_epochs: int
         best = _best(study)
         log(f"trial {trial.number}: {shown} → {outcome}" + (f"  (best: trial {best.number}, {_shown(best.value, chosen)})" if best else ""))
 
-    from nocollapse.errors import RunsStopped, TrainingStopped
+    from nocollapse.errors import RunsStopped
 
     states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     finished = lambda: len(study.get_trials(deepcopy=False, states=states))  # noqa: E731

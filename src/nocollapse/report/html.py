@@ -23,7 +23,7 @@ from nocollapse.errors import UserError
 from nocollapse.report import plots
 from nocollapse.report.runs import RunRecord, expand_run_dirs, few_label_entries, knn_key, load_runs
 from nocollapse.report.seeds import (SEED_FREE_KEYS, TEST_NOTE, SeedScores, format_cell, group_by_seed, markdown_table, mean_std_text,
-                                     seed_scores)
+                                     seed_scores, setting)
 from nocollapse.train.checkpoint import atomic_write_bytes
 from nocollapse.train.run_data import UNLABELLED_PROBE_IMAGES
 
@@ -149,7 +149,7 @@ def differing_settings(runs: Sequence[RunRecord]) -> str:
     groups = group_by_seed(runs)
     grouped = len(groups) < len(runs)
     ignored = SEED_FREE_KEYS if grouped else {"run.name", "run.out_dir"}  # these always differ; where else each ran may matter
-    flat = [flatten(group.runs[0].config) for group in groups]
+    flat = [setting(group.runs[0], ignored) for group in groups]
     keys = sorted(k for k in set().union(*flat) if k not in ignored and len({json.dumps(f.get(k)) for f in flat}) > 1)
     if not keys:
         return "<p>The runs share every setting" + (" but the seed" if grouped else "") + ".</p>"
@@ -334,7 +334,8 @@ def environment_section(run: RunRecord) -> str:
     if run.skipped_lines:
         parts.append(f'<p class="note">{run.skipped_lines} unreadable line(s) of metrics.jsonl were skipped '
                      "(a line cut short when the run was killed).</p>")
-    config_rows = [[key, json.dumps(value) if not isinstance(value, str) else value] for key, value in flatten(run.config).items()]
+    re_evaluated = {f"final eval.{key}": value for key, value in run.final_eval.items() if value != run.config.get("eval", {}).get(key)}
+    config_rows = [[key, json.dumps(value) if not isinstance(value, str) else value] for key, value in (flatten(run.config) | re_evaluated).items()]
     parts.append(f"<details><summary>config ({len(config_rows)} settings)</summary>{html_table(['setting', 'value'], config_rows, numeric_from=2)}</details>")
     return f'<details open><summary>{html.escape(run.label)}</summary>{"".join(parts)}</details>'
 

@@ -8,6 +8,7 @@ line of a killed run may be cut short) and strict where the directory is not a r
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -69,7 +70,7 @@ class RunRecord:
         except (UserError, ValueError, TypeError):
             return str(self.config.get("method", {}).get("name", "?"))
 
-    @property
+    @functools.cached_property
     def final_eval(self) -> dict[str, Any]:
         """The ``eval`` settings of the final evaluation, which a re-evaluation may have changed (:func:`final_eval_settings`)."""
         return final_eval_settings(self.config, self.evaluation)
@@ -112,12 +113,13 @@ def final_eval_settings(config: dict[str, Any], evaluation: dict[str, Any] | Non
     ``eval_config`` where it has one (`nocollapse eval RUN eval.KEY=VALUE` changes them after config.json was written),
     else config.json's. Keys this version does not know are left out, and a record that does not parse gives way to
     config.json's settings."""
-    settings = dict(config.get("eval", {}))
+    known = {f.name for f in dataclasses.fields(EvalConfig)}
+    saved = config.get("eval")
+    settings = {key: value for key, value in saved.items() if key in known} if isinstance(saved, dict) else {}
     recorded = (evaluation or {}).get("eval_config")
     if isinstance(recorded, dict):
-        known = {f.name for f in dataclasses.fields(EvalConfig)}
         try:
-            settings = Config.from_dict({"eval": {**settings, **{k: v for k, v in recorded.items() if k in known}}}).to_dict()["eval"]
+            settings = Config.from_dict({"eval": settings | {key: value for key, value in recorded.items() if key in known}}).to_dict()["eval"]
         except (UserError, ValueError, TypeError):
             pass
     return {key: value for key, value in settings.items() if f"eval.{key}" not in TRAINING_EVAL_KEYS}

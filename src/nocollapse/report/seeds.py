@@ -40,13 +40,18 @@ class RunGroup:
         return [_seed(run) for run in self.runs]
 
 
-def setting_key(run: RunRecord) -> str:
-    """What a run computes apart from its seed: what it trained with (its config without :data:`SEED_FREE_KEYS`, and of
-    the ``eval`` settings those that shape its epoch monitor) and what its final evaluation ran with (``run.final_eval``,
+def setting(run: RunRecord, ignored: frozenset[str] | set[str] = SEED_FREE_KEYS) -> dict[str, Any]:
+    """What a run computes, flattened, without the ``ignored`` keys: what it trained with (of the ``eval`` settings, those
+    that shape its epoch monitor) and, as ``final eval.KEY``, what its final evaluation ran with (``run.final_eval``,
     which a re-evaluation may have changed)."""
     trained = {key: value for key, value in flatten(run.config).items()
-               if key not in SEED_FREE_KEYS and (not key.startswith("eval.") or key in MONITOR_EVAL_KEYS)}
-    return json.dumps(trained | {f"final {key}": value for key, value in run.final_eval.items()}, sort_keys=True, default=str)
+               if key not in ignored and (not key.startswith("eval.") or key in MONITOR_EVAL_KEYS)}
+    return trained | {f"final eval.{key}": value for key, value in run.final_eval.items()}
+
+
+def setting_key(run: RunRecord) -> str:
+    """What a run computes apart from its seed (:func:`setting`), as one string."""
+    return json.dumps(setting(run), sort_keys=True, default=str)
 
 
 def group_by_seed(runs: Sequence[RunRecord]) -> list[RunGroup]:
